@@ -1,0 +1,1 @@
+//! Caffe NetParameter prototxt <-> Net.

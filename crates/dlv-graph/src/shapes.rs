@@ -1,0 +1,1 @@
+//! Shape inference: blob shapes of learnable layers and output shapes.
