@@ -1,12 +1,34 @@
 //! dlv-store: the model repository.
 //!
-//! `.dlv/` holds `meta/` (sled: version records as rkyv archives, indexes, refs), `objects/`
-//! (content-addressed tensor and file objects, BLAKE3 of the decoded content, verified on every
-//! read), `staging.json` and a writer lock. Weights, solver and log readers live in [`formats`].
+//! `.dlv/` holds `meta/` (sled: version records as rkyv archives, indexes, staging, saved
+//! queries), `objects/` (content-addressed tensor and file objects, BLAKE3 of the decoded content,
+//! verified on every read), `config.toml` and `lock` (the writer lock, naming its holder).
+//! Weights, solver and log readers live in [`formats`].
+//!
+//! Invariants: nothing here knows candle, HTTP or DQL; objects are durable before the metadata
+//! transaction that references them; every read of disk data is validated (lengths, hashes,
+//! bytecheck) and corrupt data is an error, never a panic.
 
+// WIP(lead): enabled once formats/ and dlv-graph export their API.
+#[cfg(any())]
+mod checkout;
+#[cfg(any())]
+mod commit;
 mod error;
 pub mod formats;
+mod maint;
+mod objects;
+mod record;
+mod repo;
 mod tensor;
 
+#[cfg(any())]
+pub use checkout::{CheckoutOutcome, Precision};
+#[cfg(any())]
+pub use commit::{parse_network, CommitOptions, CommitOutcome, NoProgress, Progress, Role, StagedFile};
 pub use error::{Result, StoreError};
+pub use maint::{FsckReport, GcReport, Problem};
+pub use objects::{is_valid_id, Codec, ObjectId, ObjectStore, ObjectWriter, PutOutcome};
+pub use record::{FileEntry, HyperEntry, NetworkRef, SeriesEntry, TensorEntry, VersionRecord, RECORD_FORMAT};
+pub use repo::{name_matches, short, ListFilter, Repository, Version, DOT_DIR, REPO_FORMAT};
 pub use tensor::{DType, TensorInfo};

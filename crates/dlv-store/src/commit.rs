@@ -1,0 +1,546 @@
+//! Staging (`dlv add`, `dlv status`) and committing a version from the staged files.
+//!
+//! A file is classified and validated when it is added (a malformed prototxt is refused then,
+//! with its line and column); its content is read again and stored at commit. Commit streams
+//! weights tensor by tensor into objects, syncs them, and only then records the version in one
+//! sled transaction, so an interrupted commit leaves no visible version.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use dlv_graph::Net;
+use serde::{Deserialize, Serialize};
+
+use crate::formats::{self, HyperValue, MatchReport, Series};
+use crate::objects::sync_dir;
+
+use crate::record::{FileEntry, HyperEntry, NetworkRef, SeriesEntry, TensorEntry, VersionRecord};
+use crate::repo::Repository;
+use crate::{Result, StoreError, TensorInfo};
+
+/// What dlv understood a staged file as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A network definition (Caffe prototxt, or our DAG JSON).
+    Network,
+    /// Weights (safetensors, PyTorch, NumPy, Caffe).
+    Weights,
+    /// Caffe solver hyper-parameters.
+    Solver,
+    /// A TOML training configuration.
+    Config,
+    /// A training log (Caffe log or our JSON-lines metrics).
+    Log,
+    /// Anything else, kept as an associated file.
+    File,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Network => "network",
+            Role::Weights => "weights",
+            Role::Solver => "solver",
+            Role::Config => "config",
+            Role::Log => "log",
+            Role::File => "file",
+        }
+    }
+}
+
+/// One staged file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagedFile {
+    /// Path relative to the working folder, forward slashes.
+    pub path: String,
+    pub role: Role,
+    pub size: u64,
+}
+
+/// Reports progress of long work; the CLI draws bars, libraries stay quiet.
+pub trait Progress: Sync {
+    fn begin(&self, _label: &str, _total_bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+    fn end(&self) {}
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Options of a commit.
+#[derive(Debug, Clone, Default)]
+pub struct CommitOptions {
+    pub name: String,
+    pub message: String,
+    pub author: String,
+    /// Parent refs; when empty, the newest version of the same name (if any) is the parent.
+    pub parents: Vec<String>,
+    /// Creation time (ms since epoch); now when `None`.
+    pub created_ms: Option<i64>,
+}
+
+/// What a commit did.
+#[derive(Debug)]
+pub struct CommitOutcome {
+    pub id: String,
+    pub record: VersionRecord,
+    /// How the weights matched the network's layers (when both were staged).
+    pub matching: Option<MatchReport>,
+    pub objects_written: usize,
+    pub bytes_written: u64,
+}
+
+impl Repository {
+    /// Classifies, validates and stages files. Nothing is staged if any of them is refused.
+    pub fn add(&self, paths: &[PathBuf]) -> Result<Vec<StagedFile>> {
+        let mut staged = Vec::new();
+        for p in paths {
+            staged.push(self.classify(p)?);
+        }
+        for s in &staged {
+            let value = serde_json::to_vec(s).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            self.staging.insert(s.path.as_bytes(), value)?;
+        }
+        self.flush()?;
+        Ok(staged)
+    }
+
+    /// Removes files from the staging area (all of them when `paths` is empty).
+    pub fn unstage(&self, paths: &[PathBuf]) -> Result<usize> {
+        if paths.is_empty() {
+            let n = self.staging.len();
+            self.staging.clear()?;
+            self.flush()?;
+            return Ok(n);
+        }
+        let mut n = 0;
+        for p in paths {
+            let rel = self.relative(p)?;
+            if self.staging.remove(rel.as_bytes())?.is_some() {
+                n += 1;
+            }
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    /// The staging area, sorted by path.
+    pub fn staged(&self) -> Result<Vec<StagedFile>> {
+        let mut v = Vec::new();
+        for item in self.staging.iter() {
+            let (k, val) = item?;
+            let s: StagedFile = serde_json::from_slice(&val).map_err(|e| StoreError::CorruptMeta {
+                what: format!("staging entry {}", String::from_utf8_lossy(&k)),
+                msg: e.to_string(),
+            })?;
+            v.push(s);
+        }
+        Ok(v)
+    }
+
+    fn relative(&self, p: &Path) -> Result<String> {
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().map_err(|e| StoreError::io(".", e))?.join(p)
+        };
+        let abs = fs::canonicalize(&abs).map_err(|e| StoreError::io(p, e))?;
+        let rel = abs.strip_prefix(self.work_dir()).map_err(|_| {
+            StoreError::Invalid(format!(
+                "{} is outside the repository at {}",
+                p.display(),
+                self.work_dir().display()
+            ))
+        })?;
+        if rel.starts_with(crate::repo::DOT_DIR) {
+            return Err(StoreError::Invalid(format!("{} is inside .dlv", p.display())));
+        }
+        let parts: Vec<String> = rel
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(s) => Some(s.to_string_lossy().to_string()),
+                _ => None,
+            })
+            .collect();
+        Ok(parts.join("/"))
+    }
+
+    fn classify(&self, p: &Path) -> Result<StagedFile> {
+        let rel = self.relative(p)?;
+        let abs = self.work_dir().join(&rel);
+        let meta = fs::metadata(&abs).map_err(|e| StoreError::io(p, e))?;
+        if !meta.is_file() {
+            return Err(StoreError::Invalid(format!("{} is not a regular file", p.display())));
+        }
+        let role = classify_file(&abs, &rel)?;
+        Ok(StagedFile { path: rel, role, size: meta.len() })
+    }
+
+    /// Records a version from the staged files and clears the staging area.
+    pub fn commit(&self, opts: &CommitOptions, progress: &dyn Progress) -> Result<CommitOutcome> {
+        let staged = self.staged()?;
+        if staged.is_empty() {
+            return Err(StoreError::NothingStaged);
+        }
+        if opts.name.trim().is_empty() {
+            return Err(StoreError::Invalid("a version needs a name (--name)".into()));
+        }
+        let mut parents = Vec::new();
+        for r in &opts.parents {
+            parents.push(self.resolve(r)?);
+        }
+        if opts.parents.is_empty() {
+            if let Some(last) = self.ids_of_name(&opts.name)?.pop() {
+                parents.push(last);
+            }
+        }
+        parents.dedup();
+
+        let mut record = VersionRecord {
+            name: opts.name.clone(),
+            parents,
+            message: opts.message.clone(),
+            author: opts.author.clone(),
+            created_ms: opts.created_ms.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
+            network: None,
+            tensors: Vec::new(),
+            weights_file: None,
+            hyper: Vec::new(),
+            series: Vec::new(),
+            files: Vec::new(),
+            extra: Vec::new(),
+        };
+        let mut written = (0usize, 0u64);
+        let mut net: Option<(Net, FileEntry)> = None;
+        let mut tensor_infos: Vec<TensorInfo> = Vec::new();
+
+        for s in staged.iter().filter(|s| s.role != Role::Weights) {
+            let abs = self.work_dir().join(&s.path);
+            let entry = self.store_file(&abs, s, &mut written)?;
+            match s.role {
+                Role::Network => {
+                    if net.is_some() {
+                        return Err(StoreError::Invalid(format!(
+                            "two networks staged ({} and {}); a version has one",
+                            net.as_ref().map(|n| n.1.path.as_str()).unwrap_or(""),
+                            s.path
+                        )));
+                    }
+                    let text = read_text(&abs)?;
+                    let parsed = parse_network(&text, &s.path)?;
+                    net = Some((parsed, entry));
+                    continue;
+                }
+                Role::Solver => {
+                    let text = read_text(&abs)?;
+                    push_hyper(&mut record.hyper, formats::read_solver(&text, &s.path)?);
+                }
+                Role::Config => {
+                    let text = read_text(&abs)?;
+                    push_hyper(&mut record.hyper, formats::read_toml_config(&text, &s.path)?);
+                }
+                Role::Log => {
+                    let text = read_text(&abs)?;
+                    let series = if s.path.ends_with(".jsonl") {
+                        formats::read_jsonl_metrics(&text).map_err(|e| relabel(e, &abs))?
+                    } else {
+                        formats::read_caffe_log(&text)
+                    };
+                    push_series(&mut record.series, series);
+                }
+                Role::File | Role::Weights => {}
+            }
+            record.files.push(entry);
+        }
+
+        for s in staged.iter().filter(|s| s.role == Role::Weights) {
+            let abs = self.work_dir().join(&s.path);
+            let mut src = formats::open_weights(&abs)?;
+            let infos = src.tensors().to_vec();
+            let total: u64 = infos.iter().map(|t| t.byte_len()).sum();
+            progress.begin(&format!("storing {}", s.path), total);
+            for (i, info) in infos.iter().enumerate() {
+                if record.tensors.iter().any(|t| t.name == info.name) {
+                    return Err(StoreError::Invalid(format!(
+                        "tensor '{}' appears in two staged weights files",
+                        info.name
+                    )));
+                }
+                let mut w = self.objects().writer()?;
+                let n = src.read_tensor(i, &mut ProgressWriter { inner: &mut w, progress })?;
+                if n != info.byte_len() {
+                    return Err(StoreError::format(
+                        &abs,
+                        None,
+                        format!("tensor '{}' yielded {n} bytes, expected {}", info.name, info.byte_len()),
+                    ));
+                }
+                let put = w.finish()?;
+                if !put.existed {
+                    written.0 += 1;
+                    written.1 += put.stored;
+                }
+                record.tensors.push(TensorEntry {
+                    name: info.name.clone(),
+                    layer: None,
+                    blob: None,
+                    dtype: info.dtype.as_str().to_string(),
+                    shape: info.shape.iter().map(|&d| d as u64).collect(),
+                    object: put.id,
+                    bytes: put.len,
+                });
+                tensor_infos.push(info.clone());
+            }
+            progress.end();
+            if record.weights_file.is_none() {
+                let stem = Path::new(&s.path)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_else(|| record.name.clone());
+                record.weights_file = Some(format!("{stem}.safetensors"));
+            }
+        }
+
+        let mut matching = None;
+        if let Some((mut net, source)) = net {
+            net.set_inferred_blobs();
+            if !tensor_infos.is_empty() {
+                let report = formats::match_tensors(&net, &tensor_infos);
+                for m in &report.matched {
+                    if let Some(t) = record.tensors.get_mut(m.tensor) {
+                        t.layer = Some(m.layer.clone());
+                        t.blob = Some(m.blob.clone());
+                    }
+                }
+                attach_blobs(&mut net, &record.tensors);
+                matching = Some(report);
+            }
+            let json = net.to_json();
+            let dag = self.objects().put_bytes(json.as_bytes())?;
+            if !dag.existed {
+                written.0 += 1;
+                written.1 += dag.stored;
+            }
+            record.network = Some(NetworkRef {
+                dag: dag.id,
+                name: net.name.clone(),
+                layers: net.len() as u32,
+                source: if source.role == "network-json" { None } else { Some(source) },
+            });
+        }
+        record.hyper.sort_by(|a, b| a.key.cmp(&b.key));
+        record.series.sort_by(|a, b| a.name.cmp(&b.name));
+        record.files.sort_by(|a, b| a.path.cmp(&b.path));
+
+        // Objects are durable (synced and renamed); the version becomes visible atomically now.
+        sync_dir(self.objects().dir())?;
+        let id = self.insert_version(&record)?;
+        self.staging.clear()?;
+        self.flush()?;
+        tracing::info!(%id, name = %record.name, "committed");
+        Ok(CommitOutcome { id, record, matching, objects_written: written.0, bytes_written: written.1 })
+    }
+
+    /// Inserts a record whose objects are already stored: the record, the name index, the log
+    /// and the lineage, in one transaction. Returns its id.
+    pub fn insert_version(&self, record: &VersionRecord) -> Result<String> {
+        for p in &record.parents {
+            if !self.contains(p)? {
+                return Err(StoreError::UnknownRef(p.clone()));
+            }
+        }
+        for obj in record.objects() {
+            if !self.objects().contains(obj) {
+                return Err(StoreError::MissingObject { id: obj.to_string() });
+            }
+        }
+        let id = record.id();
+        if self.contains(&id)? {
+            return Ok(id);
+        }
+        let bytes = record.encode()?;
+        let seq = self.db().generate_id()?;
+        let mut name_key = record.name.as_bytes().to_vec();
+        name_key.push(0);
+        name_key.extend_from_slice(&seq.to_be_bytes());
+        use sled::Transactional;
+        (&self.versions, &self.names, &self.log, &self.children)
+            .transaction(|(versions, names, log, children)| {
+                versions.insert(id.as_bytes(), bytes.as_slice())?;
+                names.insert(name_key.as_slice(), id.as_bytes())?;
+                log.insert(&seq.to_be_bytes(), id.as_bytes())?;
+                for p in &record.parents {
+                    let mut k = p.as_bytes().to_vec();
+                    k.push(0);
+                    k.extend_from_slice(id.as_bytes());
+                    children.insert(k, &[])?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Db(format!("commit transaction: {e:?}")))?;
+        self.flush()?;
+        Ok(id)
+    }
+
+    fn store_file(&self, abs: &Path, s: &StagedFile, written: &mut (usize, u64)) -> Result<FileEntry> {
+        let mut f = fs::File::open(abs).map_err(|e| StoreError::io(abs, e))?;
+        let put = self.objects().put_reader(&mut f)?;
+        if !put.existed {
+            written.0 += 1;
+            written.1 += put.stored;
+        }
+        let role = if s.role == Role::Network && s.path.ends_with(".json") {
+            "network-json".to_string()
+        } else {
+            s.role.as_str().to_string()
+        };
+        Ok(FileEntry { path: s.path.clone(), role, object: put.id, size: put.len })
+    }
+}
+
+/// Reads a network from prototxt or our JSON, by extension.
+pub fn parse_network(text: &str, file: &str) -> Result<Net> {
+    if file.ends_with(".json") {
+        Ok(Net::from_json(text)?)
+    } else {
+        Ok(Net::from_prototxt(text, file)?)
+    }
+}
+
+/// Records tensor shapes on the nodes they were matched to, so the stored DAG carries `W`'s
+/// structure even where shape inference could not tell.
+fn attach_blobs(net: &mut Net, tensors: &[TensorEntry]) {
+    let ids: Vec<_> = net.node_ids().to_vec();
+    for id in ids {
+        let Some(node) = net.node_mut(id) else { continue };
+        for t in tensors.iter().filter(|t| t.layer.as_deref() == Some(node.name.as_str())) {
+            let Some(blob) = &t.blob else { continue };
+            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            match node.blobs.iter_mut().find(|b| &b.name == blob) {
+                Some(b) => b.shape = shape,
+                None => node.blobs.push(dlv_graph::BlobSpec { name: blob.clone(), shape }),
+            }
+        }
+    }
+}
+
+fn push_hyper(out: &mut Vec<HyperEntry>, values: Vec<(String, HyperValue)>) {
+    for (key, v) in values {
+        let (text, num) = match v {
+            HyperValue::Num(x) => (format!("{x}"), Some(x)),
+            HyperValue::Int(i) => (i.to_string(), Some(i as f64)),
+            HyperValue::Text(s) => (s, None),
+            HyperValue::Bool(b) => (b.to_string(), None),
+        };
+        out.retain(|h| h.key != key);
+        out.push(HyperEntry { key, text, num });
+    }
+}
+
+fn push_series(out: &mut Vec<SeriesEntry>, series: Vec<Series>) {
+    for s in series {
+        let entry = match out.iter_mut().position(|e| e.name == s.name) {
+            Some(i) => &mut out[i],
+            None => {
+                out.push(SeriesEntry { name: s.name.clone(), iters: vec![], values: vec![] });
+                let last = out.len() - 1;
+                &mut out[last]
+            }
+        };
+        for (it, v) in s.points {
+            entry.iters.push(it);
+            entry.values.push(v);
+        }
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).map_err(|e| StoreError::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        StoreError::format(path, Some(e.utf8_error().valid_up_to() as u64), "not valid UTF-8 text")
+    })
+}
+
+fn relabel(e: StoreError, path: &Path) -> StoreError {
+    match e {
+        StoreError::Format { offset, msg, .. } => StoreError::Format { path: path.to_path_buf(), offset, msg },
+        other => other,
+    }
+}
+
+/// Decides what a file is, validating it on the way (errors name the file and position).
+fn classify_file(abs: &Path, rel: &str) -> Result<Role> {
+    let ext = abs
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if formats::is_weights_file(abs) {
+        // Open it once now so a truncated or lying file is refused at `add`.
+        formats::open_weights(abs)?;
+        return Ok(Role::Weights);
+    }
+    match ext.as_str() {
+        "prototxt" | "pbtxt" => {
+            let text = read_text(abs)?;
+            let msg = dlv_graph::textformat::parse(&text, rel)?;
+            let has = |k: &str| msg.get(k).is_some();
+            if has("layer") || has("layers") {
+                Net::from_prototxt(&text, rel)?;
+                Ok(Role::Network)
+            } else if has("base_lr") || has("lr_policy") || has("max_iter") || has("net") || has("train_net") {
+                formats::read_solver(&text, rel)?;
+                Ok(Role::Solver)
+            } else {
+                Ok(Role::File)
+            }
+        }
+        "json" => {
+            let text = read_text(abs)?;
+            if Net::from_json(&text).is_ok() {
+                Ok(Role::Network)
+            } else {
+                Ok(Role::File)
+            }
+        }
+        "toml" => {
+            let text = read_text(abs)?;
+            formats::read_toml_config(&text, rel)?;
+            Ok(Role::Config)
+        }
+        "jsonl" => {
+            let text = read_text(abs)?;
+            formats::read_jsonl_metrics(&text).map_err(|e| relabel(e, abs))?;
+            Ok(Role::Log)
+        }
+        "log" | "txt" => {
+            let mut head = String::new();
+            let mut f = fs::File::open(abs).map_err(|e| StoreError::io(abs, e))?;
+            let _ = f.by_ref().take(64 * 1024).read_to_string(&mut head);
+            if formats::is_caffe_log(&head) {
+                Ok(Role::Log)
+            } else {
+                Ok(Role::File)
+            }
+        }
+        _ => Ok(Role::File),
+    }
+}
+
+struct ProgressWriter<'a> {
+    inner: &'a mut dyn io::Write,
+    progress: &'a dyn Progress,
+}
+
+impl io::Write for ProgressWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

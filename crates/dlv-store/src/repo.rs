@@ -1,0 +1,431 @@
+//! Opening a repository: `.dlv/` layout, config, the writer lock, sled trees, refs and listing.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::objects::ObjectStore;
+use crate::record::VersionRecord;
+use crate::{Result, StoreError};
+
+/// Name of the repository folder inside a working folder.
+pub const DOT_DIR: &str = ".dlv";
+/// Layout version of `.dlv/` (config, trees, object files).
+pub const REPO_FORMAT: u32 = 1;
+
+const T_VERSIONS: &str = "versions";
+const T_NAMES: &str = "names";
+const T_LOG: &str = "log";
+const T_CHILDREN: &str = "children";
+const T_STAGING: &str = "staging";
+const T_SAVED: &str = "saved_queries";
+
+/// An open repository. Opened for writing, it holds the writer lock until dropped.
+pub struct Repository {
+    work: PathBuf,
+    dot: PathBuf,
+    db: sled::Db,
+    pub(crate) versions: sled::Tree,
+    /// `name \0 seq(u64 BE)` -> id: versions of a name in commit order.
+    pub(crate) names: sled::Tree,
+    /// `seq(u64 BE)` -> id: every version in commit order.
+    pub(crate) log: sled::Tree,
+    /// `parent \0 child` -> ().
+    pub(crate) children: sled::Tree,
+    pub(crate) staging: sled::Tree,
+    pub(crate) saved: sled::Tree,
+    objects: ObjectStore,
+    _lock: Option<WriterLock>,
+}
+
+/// A version with its id, as listed.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub id: String,
+    pub record: VersionRecord,
+}
+
+/// Filters of `dlv list`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Exact name, or a glob with `*`/`?`, or a substring.
+    pub model_name: Option<String>,
+    /// Substring of the message.
+    pub commit_msg: Option<String>,
+    /// Keep the last N versions (in commit order).
+    pub last: Option<usize>,
+}
+
+impl Repository {
+    /// Creates `.dlv/` in `work` (which must exist).
+    pub fn init(work: &Path) -> Result<Repository> {
+        let dot = work.join(DOT_DIR);
+        if dot.exists() {
+            return Err(StoreError::AlreadyExists(dot));
+        }
+        fs::create_dir_all(dot.join("objects")).map_err(|e| StoreError::io(&dot, e))?;
+        let config = format!("# dlv repository configuration\nformat = {REPO_FORMAT}\n");
+        fs::write(dot.join("config.toml"), config).map_err(|e| StoreError::io(dot.join("config.toml"), e))?;
+        Repository::open_at(work.to_path_buf(), dot, true)
+    }
+
+    /// Finds the nearest `.dlv` from `start` upward.
+    pub fn discover(start: &Path) -> Result<PathBuf> {
+        let start = fs::canonicalize(start).map_err(|e| StoreError::io(start, e))?;
+        let mut cur: Option<&Path> = Some(&start);
+        while let Some(dir) = cur {
+            if dir.join(DOT_DIR).is_dir() {
+                return Ok(dir.to_path_buf());
+            }
+            cur = dir.parent();
+        }
+        Err(StoreError::NotARepository(start))
+    }
+
+    /// Opens for reading (no lock; fails cleanly while a writer holds the database).
+    pub fn open(start: &Path) -> Result<Repository> {
+        let work = Repository::discover(start)?;
+        let dot = work.join(DOT_DIR);
+        Repository::open_at(work, dot, false)
+    }
+
+    /// Opens for writing: takes the writer lock first, with an error naming the holder.
+    pub fn open_writer(start: &Path) -> Result<Repository> {
+        let work = Repository::discover(start)?;
+        let dot = work.join(DOT_DIR);
+        Repository::open_at(work, dot, true)
+    }
+
+    fn open_at(work: PathBuf, dot: PathBuf, write: bool) -> Result<Repository> {
+        check_config(&dot)?;
+        let lock = if write { Some(WriterLock::acquire(&dot)?) } else { None };
+        let meta = dot.join("meta");
+        let db = sled::Config::new().path(&meta).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                StoreError::Locked { holder: WriterLock::holder(&dot) }
+            }
+            other => StoreError::Db(format!("{}: {other}", meta.display())),
+        })?;
+        let tree = |name: &str| db.open_tree(name).map_err(StoreError::from);
+        Ok(Repository {
+            versions: tree(T_VERSIONS)?,
+            names: tree(T_NAMES)?,
+            log: tree(T_LOG)?,
+            children: tree(T_CHILDREN)?,
+            staging: tree(T_STAGING)?,
+            saved: tree(T_SAVED)?,
+            objects: ObjectStore::new(dot.join("objects")),
+            db,
+            work,
+            dot,
+            _lock: lock,
+        })
+    }
+
+    /// The working folder (parent of `.dlv`).
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+
+    pub fn dot_dir(&self) -> &Path {
+        &self.dot
+    }
+
+    pub fn objects(&self) -> &ObjectStore {
+        &self.objects
+    }
+
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Durably writes pending metadata.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Reads and validates one version record.
+    pub fn get(&self, id: &str) -> Result<VersionRecord> {
+        match self.versions.get(id.as_bytes())? {
+            Some(bytes) => VersionRecord::decode(&format!("version {id}"), &bytes),
+            None => Err(StoreError::UnknownRef(id.to_string())),
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> Result<bool> {
+        Ok(self.versions.contains_key(id.as_bytes())?)
+    }
+
+    /// Number of versions.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// Ids of every version in commit order.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        for item in self.log.iter() {
+            let (_, id) = item?;
+            v.push(String::from_utf8_lossy(&id).to_string());
+        }
+        Ok(v)
+    }
+
+    /// Ids of the versions of `name`, in commit order.
+    pub fn ids_of_name(&self, name: &str) -> Result<Vec<String>> {
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        let mut v = Vec::new();
+        for item in self.names.scan_prefix(&prefix) {
+            let (_, id) = item?;
+            v.push(String::from_utf8_lossy(&id).to_string());
+        }
+        Ok(v)
+    }
+
+    /// Distinct model names, sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for item in self.names.iter() {
+            let (k, _) = item?;
+            let name = k.split(|&b| b == 0).next().unwrap_or(&[]);
+            let name = String::from_utf8_lossy(name).to_string();
+            if out.last() != Some(&name) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Children of a version (versions that name it as a parent).
+    pub fn children_of(&self, id: &str) -> Result<Vec<String>> {
+        let mut prefix = id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut v = Vec::new();
+        for item in self.children.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            v.push(String::from_utf8_lossy(&k[prefix.len()..]).to_string());
+        }
+        Ok(v)
+    }
+
+    /// Resolves `NAME`, `NAME~N`, `NAME@PREFIX` or an id prefix (at least 4 hex digits).
+    pub fn resolve(&self, rev: &str) -> Result<String> {
+        let rev = rev.trim();
+        if rev.is_empty() {
+            return Err(StoreError::UnknownRef(rev.to_string()));
+        }
+        if let Some((base, n)) = rev.rsplit_once('~') {
+            if let Ok(n) = n.parse::<usize>() {
+                let mut id = self.resolve(base)?;
+                for step in 0..n {
+                    let rec = self.get(&id)?;
+                    id = rec.parents.first().cloned().ok_or_else(|| {
+                        StoreError::UnknownRef(format!("{rev} (version {} has no parent at step {})", short(&id), step + 1))
+                    })?;
+                }
+                return Ok(id);
+            }
+        }
+        if let Some((name, prefix)) = rev.split_once('@') {
+            let ids = self.ids_of_name(name)?;
+            let hits: Vec<&String> = ids.iter().filter(|id| id.starts_with(prefix)).collect();
+            return match hits.as_slice() {
+                [one] => Ok((*one).clone()),
+                [] => Err(StoreError::UnknownRef(rev.to_string())),
+                many => Err(ambiguous(prefix, many.iter().map(|s| s.as_str()))),
+            };
+        }
+        if let Some(last) = self.ids_of_name(rev)?.pop() {
+            return Ok(last);
+        }
+        if rev.len() >= 4 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let prefix = rev.to_ascii_lowercase();
+            let mut hits = Vec::new();
+            for item in self.versions.scan_prefix(prefix.as_bytes()) {
+                let (k, _) = item?;
+                hits.push(String::from_utf8_lossy(&k).to_string());
+                if hits.len() > 5 {
+                    break;
+                }
+            }
+            return match hits.len() {
+                1 => Ok(hits.remove(0)),
+                0 => Err(StoreError::UnknownRef(rev.to_string())),
+                _ => Err(ambiguous(&prefix, hits.iter().map(|s| s.as_str()))),
+            };
+        }
+        Err(StoreError::UnknownRef(rev.to_string()))
+    }
+
+    /// Versions in commit order, filtered.
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<Version>> {
+        let mut out = Vec::new();
+        for id in self.ids()? {
+            let record = self.get(&id)?;
+            if let Some(pat) = &filter.model_name {
+                if !name_matches(pat, &record.name) {
+                    continue;
+                }
+            }
+            if let Some(text) = &filter.commit_msg {
+                if !record.message.contains(text.as_str()) {
+                    continue;
+                }
+            }
+            out.push(Version { id, record });
+        }
+        if let Some(n) = filter.last {
+            let skip = out.len().saturating_sub(n);
+            out.drain(..skip);
+        }
+        Ok(out)
+    }
+
+    /// Saves a named query text (DQL `from "NAME"`).
+    pub fn save_query(&self, name: &str, text: &str) -> Result<()> {
+        self.saved.insert(name.as_bytes(), text.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn saved_query(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.saved.get(name.as_bytes())?.map(|v| String::from_utf8_lossy(&v).to_string()))
+    }
+
+    pub fn saved_queries(&self) -> Result<Vec<(String, String)>> {
+        let mut v = Vec::new();
+        for item in self.saved.iter() {
+            let (k, val) = item?;
+            v.push((String::from_utf8_lossy(&k).to_string(), String::from_utf8_lossy(&val).to_string()));
+        }
+        Ok(v)
+    }
+}
+
+/// Abbreviated id, as shown to users.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(10)]
+}
+
+fn ambiguous<'a>(prefix: &str, ids: impl Iterator<Item = &'a str>) -> StoreError {
+    StoreError::AmbiguousRef {
+        prefix: prefix.to_string(),
+        candidates: ids.map(short).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// `pattern` matches `name`: exactly, as a glob when it has `*`/`?`, or as a substring.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    if pattern.contains(['*', '?']) {
+        glob(pattern.as_bytes(), name.as_bytes())
+    } else {
+        name.contains(pattern)
+    }
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    // Iterative matcher with one backtrack point: linear in practice, no recursion.
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+fn check_config(dot: &Path) -> Result<()> {
+    let path = dot.join("config.toml");
+    let text = fs::read_to_string(&path).map_err(|e| StoreError::io(&path, e))?;
+    let value: toml::Table = toml::from_str(&text).map_err(|e| StoreError::CorruptMeta {
+        what: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    let format = value.get("format").and_then(|v| v.as_integer()).unwrap_or(1);
+    if format < 1 || format > REPO_FORMAT as i64 {
+        return Err(StoreError::FormatVersion { found: format.max(0) as u32, supported: REPO_FORMAT });
+    }
+    Ok(())
+}
+
+/// The writer lock: an exclusive OS lock on `.dlv/lock`, whose content names the holder.
+struct WriterLock {
+    _file: File,
+}
+
+impl WriterLock {
+    fn acquire(dot: &Path) -> Result<WriterLock> {
+        let path = dot.join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { holder: WriterLock::holder(dot) });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
+        }
+        let args: Vec<String> = std::env::args().take(3).collect();
+        let holder = format!(
+            "pid {} (`{}`) since {}",
+            std::process::id(),
+            args.join(" "),
+            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        file.set_len(0).map_err(|e| StoreError::io(&path, e))?;
+        file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io(&path, e))?;
+        file.write_all(holder.as_bytes()).map_err(|e| StoreError::io(&path, e))?;
+        Ok(WriterLock { _file: file })
+    }
+
+    fn holder(dot: &Path) -> String {
+        let mut s = String::new();
+        let _ = File::open(dot.join("lock")).and_then(|mut f| f.read_to_string(&mut s));
+        if s.trim().is_empty() {
+            "another dlv process".to_string()
+        } else {
+            s.trim().to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globbing() {
+        assert!(name_matches("alexnet*", "alexnet-avgv1"));
+        assert!(name_matches("a?ex*", "alexnet"));
+        assert!(!name_matches("vgg*", "alexnet"));
+        assert!(name_matches("net", "alexnet"));
+        assert!(name_matches("*v1", "alexnet-avgv1"));
+        assert!(!name_matches("*v2", "alexnet-avgv1"));
+    }
+}
