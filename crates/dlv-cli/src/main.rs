@@ -1,1 +1,142 @@
-fn main() {}
+//! The `dlv` binary: argument parsing, output formatting and wiring of the library crates.
+
+mod cmd;
+mod output;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// dlv: version control for deep-learning models.
+#[derive(Debug, Parser)]
+#[command(name = "dlv", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Repository folder (default: the nearest `.dlv` upward from the current folder).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Less output (no progress bars).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository in the current (or --repo) folder.
+    Init,
+    /// Stage network, weights, solver, log and other files for the next commit.
+    Add {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Unstage files (all of them without arguments).
+    Reset { files: Vec<PathBuf> },
+    /// Show what is staged.
+    Status,
+    /// Record a version from the staged files.
+    Commit(CommitArgs),
+    /// List versions, lineage shown as a tree.
+    List(ListArgs),
+    /// Describe one version: record, network, parameters, hyper-parameters, metrics.
+    Desc(DescArgs),
+    /// Write a version out as files (prototxt, safetensors, associated files).
+    Checkout(CheckoutArgs),
+    /// Verify every record, reference and object.
+    Fsck,
+    /// Remove objects that no version references.
+    Gc {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    /// Commit message.
+    #[arg(short, long)]
+    pub message: String,
+    /// Model name.
+    #[arg(long)]
+    pub name: String,
+    /// Parent version(s); default: the newest version of the same name.
+    #[arg(long = "parent", value_name = "REF")]
+    pub parents: Vec<String>,
+    /// Author (default: $DLV_AUTHOR, else $USER).
+    #[arg(long)]
+    pub author: Option<String>,
+    /// Creation time (RFC 3339 or YYYY-MM-DD; default: now).
+    #[arg(long)]
+    pub date: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only versions whose name matches (substring, or glob with * and ?).
+    #[arg(long = "model_name", alias = "model-name", alias = "name")]
+    pub model_name: Option<String>,
+    /// Only versions whose message contains this text.
+    #[arg(long = "commit_msg", alias = "commit-msg")]
+    pub commit_msg: Option<String>,
+    /// Only the last N versions.
+    #[arg(long)]
+    pub last: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct DescArgs {
+    /// Version: NAME, NAME~N, NAME@PREFIX or an id prefix.
+    pub rev: String,
+    /// Output format: text or json.
+    #[arg(long, default_value = "text")]
+    pub output: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckoutArgs {
+    pub rev: String,
+    /// Destination folder (default: the current folder).
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Precision of float tensors: fp32 (as stored), bf16 or fp16.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match cmd::run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if output::is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            output::report_error(&e);
+            ExitCode::from(output::exit_code(&e))
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -139,6 +139,24 @@ impl Repository {
     }
 
     fn write_weights(&self, record: &VersionRecord, path: &Path, precision: Precision, progress: &dyn Progress) -> Result<u64> {
+        if precision == Precision::Full {
+            if let Some(order) = self.original_layout(record)? {
+                let header = record.weights_header.clone().unwrap_or_default();
+                let total: u64 = record.tensors.iter().map(|t| t.bytes).sum();
+                progress.begin(&format!("writing {}", path.display()), total);
+                let written = write_atomically(path, &|w| {
+                    let mut n = self.objects().get_into(&header, w)?;
+                    for &i in &order {
+                        let k = self.objects().get_into(&record.tensors[i].object, w)?;
+                        progress.advance(k);
+                        n += k;
+                    }
+                    Ok(n)
+                });
+                progress.end();
+                return written;
+            }
+        }
         let infos: Vec<TensorInfo> = record
             .tensors
             .iter()
@@ -172,6 +190,46 @@ impl Repository {
         progress.end();
         result?;
         Ok(total)
+    }
+}
+
+impl Repository {
+    /// Tensor indexes in the data order of the original safetensors file, when its stored
+    /// header describes exactly the record's tensors (then header + data rebuild the file).
+    fn original_layout(&self, record: &VersionRecord) -> Result<Option<Vec<usize>>> {
+        let Some(hid) = &record.weights_header else { return Ok(None) };
+        let bytes = self.objects().get_bytes(hid)?;
+        let Some(json) = bytes.get(8..) else { return Ok(None) };
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return Ok(None);
+        };
+        let mut order: Vec<(u64, u64, usize)> = Vec::new();
+        for (name, v) in &map {
+            if name == "__metadata__" {
+                continue;
+            }
+            let Some(i) = record.tensors.iter().position(|t| &t.name == name) else { return Ok(None) };
+            let offs = v.get("data_offsets").and_then(|o| o.as_array());
+            let (Some(b), Some(e)) = (
+                offs.and_then(|o| o.first()).and_then(|x| x.as_u64()),
+                offs.and_then(|o| o.get(1)).and_then(|x| x.as_u64()),
+            ) else {
+                return Ok(None);
+            };
+            order.push((b, e, i));
+        }
+        if order.len() != record.tensors.len() {
+            return Ok(None);
+        }
+        order.sort();
+        let mut at = 0;
+        for &(b, e, i) in &order {
+            if b != at || e < b || e - b != record.tensors[i].bytes {
+                return Ok(None);
+            }
+            at = e;
+        }
+        Ok(Some(order.into_iter().map(|(_, _, i)| i).collect()))
     }
 }
 

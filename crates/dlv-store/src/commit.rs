@@ -208,6 +208,7 @@ impl Repository {
             network: None,
             tensors: Vec::new(),
             weights_file: None,
+            weights_header: None,
             hyper: Vec::new(),
             series: Vec::new(),
             files: Vec::new(),
@@ -256,7 +257,19 @@ impl Repository {
             record.files.push(entry);
         }
 
-        for s in staged.iter().filter(|s| s.role == Role::Weights) {
+        let weights: Vec<&StagedFile> = staged.iter().filter(|s| s.role == Role::Weights).collect();
+        if let [only] = weights.as_slice() {
+            let abs = self.work_dir().join(&only.path);
+            if let Some(header) = safetensors_header(&abs)? {
+                let put = self.objects().put_bytes(&header)?;
+                if !put.existed {
+                    written.0 += 1;
+                    written.1 += put.stored;
+                }
+                record.weights_header = Some(put.id);
+            }
+        }
+        for s in weights {
             let abs = self.work_dir().join(&s.path);
             let mut src = formats::open_weights(&abs)?;
             let infos = src.tensors().to_vec();
@@ -401,6 +414,26 @@ impl Repository {
     }
 }
 
+/// The raw header (length prefix and JSON) of a safetensors file, or `None` for other formats.
+fn safetensors_header(path: &Path) -> Result<Option<Vec<u8>>> {
+    if formats::detect_weights_format(path)? != Some(formats::WeightsFormat::Safetensors) {
+        return Ok(None);
+    }
+    let mut f = fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| StoreError::io(path, e))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(StoreError::format(path, Some(0), "safetensors header too large"));
+    }
+    let mut out = len.to_vec();
+    f.take(n).read_to_end(&mut out).map_err(|e| StoreError::io(path, e))?;
+    if out.len() as u64 != n + 8 {
+        return Err(StoreError::format(path, Some(8), "truncated safetensors header"));
+    }
+    Ok(Some(out))
+}
+
 /// Reads a network from prototxt or our JSON, by extension.
 pub fn parse_network(text: &str, file: &str) -> Result<Net> {
     if file.ends_with(".json") {
@@ -477,7 +510,8 @@ fn classify_file(abs: &Path, rel: &str) -> Result<Role> {
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    if formats::is_weights_file(abs) {
+    let claims_weights = matches!(ext.as_str(), "safetensors" | "npz" | "pt" | "pth" | "caffemodel");
+    if claims_weights || formats::is_weights_file(abs) {
         // Open it once now so a truncated or lying file is refused at `add`.
         formats::open_weights(abs)?;
         return Ok(Role::Weights);

@@ -9,10 +9,7 @@
 //! transaction that references them; every read of disk data is validated (lengths, hashes,
 //! bytecheck) and corrupt data is an error, never a panic.
 
-// WIP(lead): enabled once formats/ and dlv-graph export their API.
-#[cfg(any())]
 mod checkout;
-#[cfg(any())]
 mod commit;
 mod error;
 pub mod formats;
@@ -22,9 +19,7 @@ mod record;
 mod repo;
 mod tensor;
 
-#[cfg(any())]
 pub use checkout::{CheckoutOutcome, Precision};
-#[cfg(any())]
 pub use commit::{parse_network, CommitOptions, CommitOutcome, NoProgress, Progress, Role, StagedFile};
 pub use error::{Result, StoreError};
 pub use maint::{FsckReport, GcReport, Problem};

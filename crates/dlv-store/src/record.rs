@@ -29,6 +29,9 @@ pub struct VersionRecord {
     pub tensors: Vec<TensorEntry>,
     /// File name that checkout gives the weights (`<stem>.safetensors`).
     pub weights_file: Option<String>,
+    /// The original safetensors header (length prefix + JSON), when the weights came from one
+    /// safetensors file: checkout then rebuilds that file byte for byte.
+    pub weights_header: Option<String>,
     /// Extracted hyper-parameters (solver, training config), sorted by key.
     pub hyper: Vec<HyperEntry>,
     /// Metric series (loss, accuracy, lr per iteration), sorted by name.
@@ -115,6 +118,7 @@ impl VersionRecord {
             }
         }
         v.extend(self.files.iter().map(|f| f.object.as_str()));
+        v.extend(self.weights_header.as_deref());
         v
     }
 
@@ -181,6 +185,7 @@ mod tests {
                 bytes: 2000,
             }],
             weights_file: Some("lenet.safetensors".into()),
+            weights_header: None,
             hyper: vec![HyperEntry { key: "base_lr".into(), text: "0.01".into(), num: Some(0.01) }],
             series: vec![SeriesEntry { name: "train/loss".into(), iters: vec![0, 100], values: vec![2.3, 0.5] }],
             files: vec![],
