@@ -1,6 +1,7 @@
 //! Integration tests: the `dlv` binary run in temporary folders.
 
 mod bad_input;
+mod crash;
 mod version_control;
 
 use std::collections::HashMap;
@@ -25,6 +26,17 @@ impl Scratch {
     pub fn dlv(&self) -> Command {
         let mut c = Command::cargo_bin("dlv").expect("dlv binary");
         c.current_dir(self.path()).env("DLV_AUTHOR", "tester").env_remove("RUST_LOG");
+        c
+    }
+
+    /// The same command as a std process, for tests that need to spawn and kill it.
+    pub fn dlv_std(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("dlv"));
+        c.current_dir(self.path())
+            .env("DLV_AUTHOR", "tester")
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         c
     }
 
