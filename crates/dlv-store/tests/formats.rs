@@ -1131,3 +1131,80 @@ fn solver_prototxt() {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// no panic on damaged files: deterministic mutations of every fixture format (the fuzz targets
+// in crates/dlv-store/fuzz explore further)
+
+/// Opens and drains a weights file; errors are fine, panics and runaway allocations are not.
+fn drain(path: &Path) {
+    if let Ok(mut src) = open_weights(path) {
+        for i in 0..src.tensors().len() {
+            let _ = src.read_tensor(i, &mut std::io::sink());
+        }
+    }
+}
+
+fn mutations(good: &[u8], seed: u64, count: usize) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..count)
+        .map(|_| {
+            let mut b = good.to_vec();
+            match next() % 4 {
+                0 => {
+                    let at = (next() as usize) % b.len().max(1);
+                    b.truncate(at);
+                }
+                1 => {
+                    for _ in 0..1 + next() % 4 {
+                        let at = (next() as usize) % b.len().max(1);
+                        if let Some(v) = b.get_mut(at) {
+                            *v ^= 1 << (next() % 8);
+                        }
+                    }
+                }
+                2 => {
+                    let at = (next() as usize) % b.len().max(1);
+                    if let Some(v) = b.get_mut(at) {
+                        *v = [0x00, 0xff, 0x7f, 0x80][(next() % 4) as usize];
+                    }
+                }
+                _ => {
+                    let at = (next() as usize) % b.len().max(1);
+                    let junk: Vec<u8> = (0..next() % 16).map(|_| next() as u8).collect();
+                    b.splice(at..at, junk);
+                }
+            }
+            b
+        })
+        .collect()
+}
+
+#[test]
+fn mutated_weights_files_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("good.safetensors");
+    write_sample(&st, &sample_tensors(), None);
+    let npz = dir.path().join("good.npz");
+    write_zip(&npz, &[("a.npy", npy("<f4", false, &[2, 3], &f32_bytes(&[1.0; 6]), 1), false), ("b.npy", npy("<i8", false, &[2], &[0u8; 16], 1), true)]);
+    let pt = dir.path().join("good.pt");
+    write_torch(&pt, "archive", torch_pickle(&standard_torch_tensors(), None), &standard_storages());
+    let cm = dir.path().join("good.caffemodel");
+    std::fs::write(&cm, caffemodel_v2().0).unwrap();
+    for (i, good) in [st, npz, pt, cm].iter().enumerate() {
+        let bytes = std::fs::read(good).unwrap();
+        let ext = good.extension().unwrap().to_string_lossy().to_string();
+        for (k, m) in mutations(&bytes, 0x9e37_79b9 + i as u64, 300).into_iter().enumerate() {
+            let p = dir.path().join(format!("m{i}_{k}.{ext}"));
+            std::fs::write(&p, &m).unwrap();
+            drain(&p);
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
