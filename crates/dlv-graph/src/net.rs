@@ -59,6 +59,17 @@ impl Node {
     }
 }
 
+/// How the layers of a prototxt were written, so that [`Net::to_prototxt`] writes them back the
+/// same way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LayerForm {
+    /// `layer { type: "Convolution" ... }` (Caffe's current `LayerParameter`).
+    #[default]
+    Layer,
+    /// `layers { type: CONVOLUTION ... }` (Caffe's legacy `V1LayerParameter`, enum types).
+    LegacyV1,
+}
+
 /// A network: a DAG of layers. Node order is definition order; edge `a -> b` means that `b`
 /// reads a blob that `a` produced (the latest producer of that blob name before `b`, so that
 /// in-place layers chain: `conv1 -> relu1 -> pool1`).
@@ -67,6 +78,8 @@ pub struct Net {
     pub name: String,
     /// Net-level fields other than layers (`input`, `input_shape`, `force_backward`, ...).
     pub header: Message,
+    /// The prototxt layer syntax this net was read from (and is written back in).
+    pub layer_form: LayerForm,
     graph: StableDiGraph<Node, String, u32>,
     order: Vec<NodeId>,
 }
@@ -89,13 +102,40 @@ impl Net {
         net
     }
 
+    /// Builds a net from nodes in definition order and explicit edges `(from, to, blob)` given
+    /// as indexes into `nodes`. Errors on an index out of range or a cycle.
+    pub fn from_parts(
+        name: impl Into<String>,
+        header: Message,
+        nodes: Vec<Node>,
+        edges: Vec<(usize, usize, String)>,
+    ) -> Result<Net, GraphError> {
+        let mut net = Net::new(name);
+        net.header = header;
+        for node in nodes {
+            let id = net.graph.add_node(node);
+            net.order.push(id);
+        }
+        let n = net.order.len();
+        for (from, to, blob) in edges {
+            let (Some(&a), Some(&b)) = (net.order.get(from), net.order.get(to)) else {
+                return Err(GraphError::Invalid(format!(
+                    "edge {from} -> {to} ('{blob}') refers to a node that does not exist ({n} nodes)"
+                )));
+            };
+            net.graph.add_edge(a, b, blob);
+        }
+        net.topo_order()?;
+        Ok(net)
+    }
+
     /// Appends a layer and connects it to the latest producers of its bottoms. A producer
     /// restricted to the other phase is skipped, so TRAIN and TEST data layers both feed conv1.
     pub fn push_layer(&mut self, node: Node) -> NodeId {
         let mut sources = Vec::new();
         for bottom in &node.bottoms {
-            if let Some(src) = self.latest_producer(bottom, node.phase) {
-                sources.extend(src.into_iter().map(|s| (s, bottom.clone())));
+            for src in self.latest_producers(bottom, node.phase) {
+                sources.push((src, bottom.clone()));
             }
         }
         let id = self.graph.add_node(node);
@@ -108,38 +148,47 @@ impl Net {
         id
     }
 
-    /// Producers of `blob` visible from a layer of `phase`: the last one, or the last one of
-    /// each phase when the latest producers are phase-restricted (TRAIN and TEST data layers).
-    fn latest_producer(&self, blob: &str, phase: Option<Phase>) -> Option<Vec<NodeId>> {
+    /// Producers of `blob` that a layer of `phase` reads: the latest visible one; for a layer of
+    /// no phase, the latest one of each phase (TRAIN and TEST data layers), stopping at the first
+    /// producer of no phase. Result in definition order.
+    fn latest_producers(&self, blob: &str, phase: Option<Phase>) -> Vec<NodeId> {
         let mut found: Vec<NodeId> = Vec::new();
+        let (mut train, mut test) = (false, false);
         for &id in self.order.iter().rev() {
             let n = &self.graph[id];
             if !n.tops.iter().any(|t| t == blob) {
                 continue;
             }
-            match (phase, n.phase) {
-                (Some(p), Some(q)) if p != q => continue,
-                _ => {}
+            if let (Some(p), Some(q)) = (phase, n.phase) {
+                if p != q {
+                    continue;
+                }
             }
-            if n.phase.is_none() {
-                if found.is_empty() {
+            if phase.is_some() {
+                found.push(id);
+                break;
+            }
+            match n.phase {
+                None => {
+                    found.push(id);
+                    break;
+                }
+                Some(Phase::Train) if !train => {
+                    train = true;
                     found.push(id);
                 }
-                break;
+                Some(Phase::Test) if !test => {
+                    test = true;
+                    found.push(id);
+                }
+                Some(_) => {}
             }
-            if !found.iter().any(|f| self.graph[*f].phase == n.phase) {
-                found.push(id);
-            }
-            if phase.is_some() || found.len() == 2 {
+            if train && test {
                 break;
             }
         }
-        if found.is_empty() {
-            None
-        } else {
-            found.reverse();
-            Some(found)
-        }
+        found.reverse();
+        found
     }
 
     /// Nodes in definition order.
@@ -193,19 +242,40 @@ impl Net {
         self.order.iter().position(|&o| o == id).unwrap_or(usize::MAX)
     }
 
-    /// Edges `(from, to, blob)` in a deterministic order.
+    /// Position of each node in definition order.
+    pub(crate) fn positions(&self) -> HashMap<NodeId, usize> {
+        self.order.iter().enumerate().map(|(i, &id)| (id, i)).collect()
+    }
+
+    /// Edges `(from, to, blob)` in a deterministic order (by definition order of the ends, then
+    /// blob name).
     pub fn edges(&self) -> Vec<(NodeId, NodeId, &str)> {
+        let pos = self.positions();
+        let at = |id: &NodeId| pos.get(id).copied().unwrap_or(usize::MAX);
         let mut v: Vec<(NodeId, NodeId, &str)> = self
             .graph
             .edge_references()
             .map(|e| (e.source(), e.target(), e.weight().as_str()))
             .collect();
-        v.sort_by_key(|(a, b, blob)| (self.position(*a), self.position(*b), blob.to_string()));
+        v.sort_by(|x, y| (at(&x.0), at(&x.1), x.2).cmp(&(at(&y.0), at(&y.1), y.2)));
         v
     }
 
-    /// Adds an explicit edge; refuses one that would close a cycle.
+    /// Edges as `(from, to, blob)` with node positions in definition order, sorted.
+    pub fn edge_positions(&self) -> Vec<(usize, usize, String)> {
+        let pos = self.positions();
+        let at = |id: &NodeId| pos.get(id).copied().unwrap_or(usize::MAX);
+        self.edges()
+            .into_iter()
+            .map(|(a, b, blob)| (at(&a), at(&b), blob.to_string()))
+            .collect()
+    }
+
+    /// Adds an explicit edge; refuses one that would close a cycle or names a missing node.
     pub fn add_edge(&mut self, from: NodeId, to: NodeId, blob: impl Into<String>) -> Result<(), GraphError> {
+        if self.graph.node_weight(from).is_none() || self.graph.node_weight(to).is_none() {
+            return Err(GraphError::Invalid("edge between nodes that are not in the network".into()));
+        }
         if petgraph::algo::has_path_connecting(&self.graph, to, from, None) {
             return Err(GraphError::Invalid(format!(
                 "edge {} -> {} would make a cycle",
@@ -235,6 +305,7 @@ impl Net {
             .filter(|(_, id)| indeg.get(id).copied().unwrap_or(0) == 0)
             .map(|(i, &id)| (i, id))
             .collect();
+        let pos = self.positions();
         let mut out = Vec::with_capacity(self.order.len());
         while let Some(first) = ready.iter().next().copied() {
             ready.remove(&first);
@@ -244,16 +315,17 @@ impl Net {
                 if let Some(d) = indeg.get_mut(&succ) {
                     *d -= 1;
                     if *d == 0 {
-                        ready.insert((self.position(succ), succ));
+                        ready.insert((pos.get(&succ).copied().unwrap_or(usize::MAX), succ));
                     }
                 }
             }
         }
         if out.len() != self.order.len() {
+            let done: std::collections::HashSet<NodeId> = out.iter().copied().collect();
             let stuck = self
                 .order
                 .iter()
-                .find(|id| !out.contains(id))
+                .find(|id| !done.contains(id))
                 .map(|&id| self.graph[id].name.clone())
                 .unwrap_or_default();
             return Err(GraphError::Invalid(format!("cycle through layer '{stuck}'")));
@@ -267,21 +339,19 @@ impl Net {
     }
 }
 
-/// Equality of structure: same name, header, nodes in the same order, same edges.
+/// Equality of structure: same name, header, layer form, nodes in the same order, same edges.
 impl PartialEq for Net {
     fn eq(&self, other: &Net) -> bool {
-        if self.name != other.name || self.header != other.header || self.order.len() != other.order.len() {
+        if self.name != other.name
+            || self.header != other.header
+            || self.layer_form != other.layer_form
+            || self.order.len() != other.order.len()
+        {
             return false;
         }
         if !self.nodes().zip(other.nodes()).all(|(a, b)| a == b) {
             return false;
         }
-        let pos = |net: &Net| -> Vec<(usize, usize, String)> {
-            net.edges()
-                .into_iter()
-                .map(|(a, b, blob)| (net.position(a), net.position(b), blob.to_string()))
-                .collect()
-        };
-        pos(self) == pos(other)
+        self.edge_positions() == other.edge_positions()
     }
 }
