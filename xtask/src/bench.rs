@@ -132,7 +132,6 @@ fn commit_bench() -> Result<()> {
 }
 
 fn files_equal(a: &Path, b: &Path) -> Result<bool> {
-    use std::io::Read;
     let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {

@@ -101,3 +101,21 @@ pub fn generate() -> Result<()> {
     println!("wrote {}", dir.join("lenet.safetensors").display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed fixture is exactly what `cargo xtask gen-testdata` makes.
+    #[test]
+    fn committed_weights_are_reproducible() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("dlv-gen-{}", std::process::id()));
+        let path = dir.join("lenet.safetensors");
+        write_safetensors(&path, &init_tensors(LENET, 42))?;
+        let fresh = std::fs::read(&path)?;
+        std::fs::remove_dir_all(&dir).ok();
+        let committed = std::fs::read(crate::root().join("testdata/weights/lenet.safetensors"))?;
+        assert!(fresh == committed, "testdata/weights/lenet.safetensors is stale: run `cargo xtask gen-testdata`");
+        Ok(())
+    }
+}

@@ -100,6 +100,7 @@ fn author(args: &CommitArgs) -> String {
         .clone()
         .or_else(|| std::env::var("DLV_AUTHOR").ok())
         .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
         .unwrap_or_else(|| "unknown".to_string())
 }
 

@@ -457,6 +457,9 @@ fn attach_blobs(net: &mut Net, tensors: &[TensorEntry]) {
                 None => node.blobs.push(dlv_graph::BlobSpec { name: blob.clone(), shape }),
             }
         }
+        // Caffe blob order (weight before bias), whatever order the weights file used.
+        let order = dlv_graph::learnable_blob_names(node);
+        node.blobs.sort_by_key(|b| order.iter().position(|n| *n == b.name).unwrap_or(usize::MAX));
     }
 }
 

@@ -59,6 +59,7 @@ pub struct ListFilter {
 impl Repository {
     /// Creates `.dlv/` in `work` (which must exist).
     pub fn init(work: &Path) -> Result<Repository> {
+        let work = fs::canonicalize(work).map_err(|e| StoreError::io(work, e))?;
         let dot = work.join(DOT_DIR);
         if dot.exists() {
             return Err(StoreError::AlreadyExists(dot));
@@ -66,7 +67,7 @@ impl Repository {
         fs::create_dir_all(dot.join("objects")).map_err(|e| StoreError::io(&dot, e))?;
         let config = format!("# dlv repository configuration\nformat = {REPO_FORMAT}\n");
         fs::write(dot.join("config.toml"), config).map_err(|e| StoreError::io(dot.join("config.toml"), e))?;
-        Repository::open_at(work.to_path_buf(), dot, true)
+        Repository::open_at(work, dot, true)
     }
 
     /// Finds the nearest `.dlv` from `start` upward.
