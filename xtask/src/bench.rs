@@ -2,6 +2,8 @@
 //!
 //! `commit`: commit and checkout of a generated safetensors file (1 GiB by default,
 //! `DLV_BENCH_MB` to change) against `cp` of the same file; wall time, throughput, peak RSS.
+//! `storage`: archival storage of checkpoint series from a real SGD trajectory (see
+//! [`storage`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -13,21 +15,31 @@ use anyhow::{bail, Context, Result};
 
 use crate::testdata::Rng;
 
+mod storage;
+
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        None | Some("commit") | Some("all") => commit_bench(),
-        Some(other) => bail!("unknown benchmark '{other}' (known: commit)"),
+        None | Some("commit") => commit_bench(),
+        Some("storage") => storage::run(),
+        Some("dql") => crate::bench_dql::run(&args[1..]),
+        Some("train") => crate::bench_train::run(&args[1..]),
+        Some("hub") => crate::bench_hub::run(&args[1..]),
+        Some("all") => {
+            commit_bench()?;
+            storage::run()
+        }
+        Some(other) => bail!("unknown benchmark '{other}' (known: commit, storage, dql, train, hub, all)"),
     }
 }
 
 /// Wall time and peak RSS of one child process.
-struct Measured {
-    secs: f64,
-    max_rss_kib: i64,
+pub(crate) struct Measured {
+    pub(crate) secs: f64,
+    pub(crate) max_rss_kib: i64,
 }
 
 #[allow(unsafe_code)]
-fn measure(cmd: &mut Command) -> Result<Measured> {
+pub(crate) fn measure(cmd: &mut Command) -> Result<Measured> {
     let start = Instant::now();
     let child = cmd.spawn().context("spawning benchmark command")?;
     let pid = child.id() as libc::pid_t;
@@ -118,7 +130,7 @@ fn commit_bench() -> Result<()> {
 
     let same = files_equal(&big, &work.join("out/big.safetensors"))?;
     let stored = dir_size(&work.join(".dlv/objects"))?;
-    println!("\nfile: {} MiB, {} tensors; checkout bit-identical: {same}", bytes >> 20, bytes.div_ceil(16 << 20));
+    println!("\nfile: {} MiB, {} tensors; checkout bit-identical: {same}", bytes >> 20, (bytes.saturating_sub(1 << 20)).div_ceil(16 << 20));
     println!("stored objects: {:.1} MiB ({:.3}x of the file)\n", stored as f64 / (1 << 20) as f64, stored as f64 / bytes as f64);
     row("cp (baseline)", &cp, bytes, &cp);
     row("dlv commit", &commit, bytes, &cp);
@@ -131,7 +143,7 @@ fn commit_bench() -> Result<()> {
     Ok(())
 }
 
-fn files_equal(a: &Path, b: &Path) -> Result<bool> {
+pub(crate) fn files_equal(a: &Path, b: &Path) -> Result<bool> {
     let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
@@ -159,7 +171,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {
     Ok(n)
 }
 
-fn dir_size(dir: &Path) -> Result<u64> {
+pub(crate) fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for e in std::fs::read_dir(dir)? {
         let e = e?;

@@ -1,6 +1,9 @@
 //! `cargo xtask …`: test data generation, the demo, benchmarks, layering checks.
 
 mod bench;
+mod bench_dql;
+mod bench_train;
+mod bench_hub;
 mod demo;
 mod testdata;
 
@@ -11,7 +14,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   demo                 build dlv and run the demo on bundled data (a scratch repository)
   gen-testdata         regenerate the deterministic weights under testdata/weights
-  bench [commit]       benchmarks (commit/checkout of 1 GiB vs cp); prints ratios
+  bench [commit|storage|dql|train|hub|all]
+                       benchmarks: commit/checkout of 1 GiB vs cp; archival storage of
+                       checkpoint series (ratios vs git-lfs/DVC, zstd, reference recipe)
   deps                 check that crates only depend downward (docs/ARCHITECTURE.md)";
 
 fn main() -> Result<()> {

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use dlv_store::{short, CommitOptions, ListFilter, Precision, Repository, Version, VersionRecord};
+use dlv_store::{short, CommitOptions, ListFilter, Precision, Repository, Version};
 use serde_json::json;
 
 use crate::output::{bytes, time, FsckFailed};
@@ -32,9 +32,18 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Commit(args) => commit(cli, &start, args, out),
         Command::List(args) => list(cli, &start, args, out),
         Command::Desc(args) => desc(cli, &start, args, out),
+        Command::Diff(args) => crate::diff::run(cli, &start, args, out),
         Command::Checkout(args) => checkout(cli, &start, args, out),
+        Command::Query(args) => crate::query::query(cli, &start, args, out),
+        Command::Train(args) => crate::train::train(cli, &start, args, out),
+        Command::Eval(args) => crate::train::eval(cli, &start, args, out),
         Command::Fsck => fsck(cli, &start, out),
-        Command::Gc { dry_run } => gc(cli, &start, *dry_run, out),
+        Command::Gc { dry_run, repack } => gc(cli, &start, *dry_run, *repack, out),
+        Command::Remote(c) => crate::remote::remote(cli, c, out),
+        Command::Login(args) => crate::remote::login(cli, args, out),
+        Command::Publish(args) => crate::remote::publish(cli, &start, args, out),
+        Command::Search(args) => crate::remote::search(cli, args, out),
+        Command::Pull(args) => crate::remote::pull(cli, &start, args, out),
     }
 }
 
@@ -252,89 +261,7 @@ fn list(cli: &Cli, start: &Path, args: &ListArgs, out: &mut dyn Write) -> Result
 }
 
 fn desc(cli: &Cli, start: &Path, args: &DescArgs, out: &mut dyn Write) -> Result<()> {
-    let repo = Repository::open(start)?;
-    let id = repo.resolve(&args.rev)?;
-    let r = repo.get(&id)?;
-    let format = if cli.json { "json" } else { args.output.as_str() };
-    match format {
-        "json" => {
-            let children = repo.children_of(&id)?;
-            let mut v = serde_json::to_value(&r)?;
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("id".into(), json!(id));
-                obj.insert("children".into(), json!(children));
-                obj.insert("created".into(), json!(time(r.created_ms)));
-                obj.insert("parameters".into(), json!(r.param_count()));
-                obj.insert("weight_bytes".into(), json!(r.weight_bytes()));
-            }
-            writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-        }
-        "text" => desc_text(&repo, &id, &r, out)?,
-        other => bail!("unknown output format '{other}' (expected text or json)"),
-    }
-    Ok(())
-}
-
-fn desc_text(repo: &Repository, id: &str, r: &VersionRecord, out: &mut dyn Write) -> Result<()> {
-    writeln!(out, "version  {}@{}", r.name, short(id))?;
-    writeln!(out, "id       {id}")?;
-    for p in &r.parents {
-        let name = repo.get(p).map(|pr| pr.name).unwrap_or_else(|_| "?".into());
-        writeln!(out, "parent   {name}@{}", short(p))?;
-    }
-    writeln!(out, "author   {}", r.author)?;
-    writeln!(out, "created  {}", time(r.created_ms))?;
-    writeln!(out, "message  {}", r.message)?;
-    if let Some(n) = &r.network {
-        writeln!(out, "\nnetwork  {} ({} layers)", n.name, n.layers)?;
-        if let Some(net) = repo.network(r)? {
-            for id in net.topo_order()? {
-                if let Some(node) = net.node(id) {
-                    let blobs: Vec<String> = node
-                        .blobs
-                        .iter()
-                        .map(|b| format!("{}{:?}", b.name, b.shape))
-                        .collect();
-                    writeln!(out, "  {:<16} {:<18} {}", node.name, node.layer_type, blobs.join(" "))?;
-                }
-            }
-        }
-    }
-    if !r.tensors.is_empty() {
-        writeln!(out, "\nweights  {} tensor(s), {} parameter(s), {}", r.tensors.len(), r.param_count(), bytes(r.weight_bytes()))?;
-        for t in &r.tensors {
-            writeln!(out, "  {:<24} {:<5} {:?}", t.name, t.dtype, t.shape)?;
-        }
-    }
-    if !r.hyper.is_empty() {
-        writeln!(out, "\nhyper-parameters")?;
-        for h in &r.hyper {
-            writeln!(out, "  {:<24} {}", h.key, h.text)?;
-        }
-    }
-    if !r.series.is_empty() {
-        writeln!(out, "\nmetrics")?;
-        for s in &r.series {
-            let (first, last) = (s.iters.first().zip(s.values.first()), s.iters.last().zip(s.values.last()));
-            let min = s.values.iter().cloned().fold(f64::INFINITY, f64::min);
-            let max = s.values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            if let (Some((i0, v0)), Some((i1, v1))) = (first, last) {
-                writeln!(
-                    out,
-                    "  {:<16} {} points, iter {i0}: {v0:.4} -> iter {i1}: {v1:.4} (min {min:.4}, max {max:.4})",
-                    s.name,
-                    s.values.len()
-                )?;
-            }
-        }
-    }
-    if !r.files.is_empty() {
-        writeln!(out, "\nfiles")?;
-        for f in &r.files {
-            writeln!(out, "  {:<8} {} ({})", f.role, f.path, bytes(f.size))?;
-        }
-    }
-    Ok(())
+    crate::desc::run(cli, start, args, out)
 }
 
 fn checkout(cli: &Cli, start: &Path, args: &CheckoutArgs, out: &mut dyn Write) -> Result<()> {
@@ -346,7 +273,8 @@ fn checkout(cli: &Cli, start: &Path, args: &CheckoutArgs, out: &mut dyn Write) -
     let bars = Bars::new(cli.quiet || cli.json);
     let outcome = repo.checkout(&id, &dir, precision, args.force, &bars)?;
     if cli.json {
-        writeln!(out, "{}", json!({ "id": id, "files": outcome.files, "bytes": outcome.bytes }))?;
+        let read = repo.objects().bytes_read();
+        writeln!(out, "{}", json!({ "id": id, "files": outcome.files, "bytes": outcome.bytes, "object_bytes_read": read }))?;
     } else if !cli.quiet {
         for f in &outcome.files {
             writeln!(out, "wrote {}", f.display())?;
@@ -386,12 +314,34 @@ fn fsck(cli: &Cli, start: &Path, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-fn gc(cli: &Cli, start: &Path, dry_run: bool, out: &mut dyn Write) -> Result<()> {
+fn gc(cli: &Cli, start: &Path, dry_run: bool, repack: bool, out: &mut dyn Write) -> Result<()> {
     let repo = Repository::open_writer(start)?;
+    let repacked = if repack {
+        let bars = Bars::new(cli.quiet || cli.json);
+        Some(repo.repack(&bars)?)
+    } else {
+        None
+    };
     let report = repo.gc(dry_run)?;
     if cli.json {
-        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        let mut v = serde_json::to_value(&report)?;
+        if let (Some(r), Some(map)) = (&repacked, v.as_object_mut()) {
+            map.insert("repack".into(), serde_json::to_value(r)?);
+        }
+        writeln!(out, "{v}")?;
     } else if !cli.quiet {
+        if let Some(r) = &repacked {
+            writeln!(
+                out,
+                "repacked {} tensor object(s): rewrote {}, {} keyframe(s), longest chain {}, {} -> {}",
+                r.tensors,
+                r.rewritten,
+                r.keyframes,
+                r.longest_chain,
+                bytes(r.bytes_before),
+                bytes(r.bytes_after)
+            )?;
+        }
         let verb = if dry_run { "would remove" } else { "removed" };
         writeln!(
             out,

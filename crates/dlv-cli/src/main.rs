@@ -1,13 +1,19 @@
 //! The `dlv` binary: argument parsing, output formatting and wiring of the library crates.
 
 mod cmd;
+mod desc;
+mod diff;
+mod html;
 mod output;
 mod progress;
+mod query;
+mod remote;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// dlv: version control for deep-learning models.
 #[derive(Debug, Parser)]
@@ -46,10 +52,18 @@ pub enum Command {
     Commit(CommitArgs),
     /// List versions, lineage shown as a tree.
     List(ListArgs),
-    /// Describe one version: record, network, parameters, hyper-parameters, metrics.
+    /// Describe one version: record, network, parameters, footprint, metrics, weight statistics.
     Desc(DescArgs),
+    /// Compare two or more versions: aligned networks, weights, metadata, metrics.
+    Diff(DiffArgs),
     /// Write a version out as files (prototxt, safetensors, associated files).
     Checkout(CheckoutArgs),
+    /// Run a DQL query (select, slice, construct, evaluate); see `docs/DQL.md`.
+    Query(query::QueryArgs),
+    /// Train from a version; the result (and snapshots, if asked) committed as its children.
+    Train(train::TrainArgs),
+    /// Test versions: accuracy, loss, optionally activation statistics; results recorded.
+    Eval(train::EvalArgs),
     /// Verify every record, reference and object.
     Fsck,
     /// Remove objects that no version references.
@@ -57,7 +71,22 @@ pub enum Command {
         /// Only report what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// First re-plan the delta bases of every tensor (bounded chains, smallest estimated
+        /// size), rewriting objects whose base changes; then remove what is no longer needed.
+        #[arg(long, conflicts_with = "dry_run")]
+        repack: bool,
     },
+    /// Configure hubs: `dlv remote add NAME URL`, `dlv remote list`, `dlv remote remove NAME`.
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
+    /// Store an API token for a hub.
+    Login(remote::LoginArgs),
+    /// Upload a version and its lineage to a hub (only what the hub lacks).
+    Publish(remote::PublishArgs),
+    /// Search a hub's models.
+    Search(remote::SearchArgs),
+    /// Download OWNER/NAME[@ID] and its lineage from a hub.
+    Pull(remote::PullArgs),
 }
 
 #[derive(Debug, Args)]
@@ -95,10 +124,36 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct DescArgs {
     /// Version: NAME, NAME~N, NAME@PREFIX or an id prefix.
-    pub rev: String,
-    /// Output format: text or json.
-    #[arg(long, default_value = "text")]
-    pub output: String,
+    pub rev: Option<String>,
+    /// Output format: text, json, or html FILE (also html=FILE; - for stdout).
+    #[arg(long, num_args = 1..=2, value_names = ["FORMAT", "FILE"])]
+    pub output: Vec<String>,
+    /// File for html output (same as the FILE of --output html FILE).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Versions to compare; the first is the base the others are aligned to.
+    pub refs: Vec<String>,
+    /// Models to compare by name (their newest versions); repeat or separate with commas.
+    #[arg(long = "model_names", alias = "model-names", value_name = "NAMES")]
+    pub model_names: Vec<String>,
+    /// Versions to compare (refs or ids); repeat or separate with commas.
+    #[arg(long, value_name = "REFS")]
+    pub versions: Vec<String>,
+    /// Output format: text, json, or html FILE (also html=FILE; - for stdout).
+    #[arg(long, num_args = 1..=2, value_names = ["FORMAT", "FILE"])]
+    pub output: Vec<String>,
+    /// File for html output (same as the FILE of --output html FILE).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Command-line positions of `refs` (to put back a ref that `--output text` took).
+    #[arg(skip)]
+    pub ref_indices: Vec<usize>,
+    #[arg(skip)]
+    pub output_index: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -116,7 +171,15 @@ pub struct CheckoutArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let (Command::Diff(d), Some(("diff", m))) = (&mut cli.command, matches.subcommand()) {
+        d.ref_indices = m.indices_of("refs").map(|i| i.collect()).unwrap_or_default();
+        d.output_index = m.indices_of("output").and_then(|mut i| i.nth(1));
+    }
     init_tracing(cli.verbose);
     match cmd::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,

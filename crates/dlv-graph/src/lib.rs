@@ -68,15 +68,24 @@
 //! Convolution/Deconvolution/InnerProduct `weight` and `bias`; BatchNorm `running_mean`,
 //! `running_var`, `scale_factor`; Scale `weight` (+ `bias`); PReLU `weight`. See [`ShapeInfo`].
 
+mod align;
 mod error;
 mod export;
+mod footprint;
+mod mutate;
 mod net;
 mod prototxt;
+mod select;
 mod shapes;
+mod slice;
 pub mod textformat;
 
+pub use align::{align, flatten, param_changes, AlignKind, AlignedPair, Alignment, ParamChange};
 pub use error::{GraphError, Span};
+pub use footprint::{Footprint, LayerFootprint, VALUE_BYTES};
+pub use mutate::{is_consistent, Edit};
 pub use net::{BlobSpec, LayerForm, Net, Node, NodeId, Phase};
 pub use prototxt::{type_to_v1, v1_to_type};
+pub use select::{template, ArgValue, Hop, KeyAttr, LayerTemplate, NodeMatch, TEMPLATES};
 pub use shapes::{learnable_blob_names, NodeShapes, ShapeInfo};
 pub use textformat::{Message, Value};

@@ -124,7 +124,9 @@ impl Repository {
         Ok(Some(dlv_graph::Net::from_json(&text)?))
     }
 
-    /// Streams one tensor's bytes at the requested precision.
+    /// Streams one tensor's bytes at the requested precision. For bf16 from fp32 only the top
+    /// two byte planes of each chunk are read (along XOR delta chains too; a chunk coded as an
+    /// integer difference needs its base in full, since carries cross planes).
     pub fn read_tensor(&self, t: &TensorEntry, precision: Precision, out: &mut dyn Write) -> Result<u64> {
         let dtype = DType::parse(&t.dtype).ok_or_else(|| StoreError::CorruptMeta {
             what: format!("tensor {}", t.name),
@@ -133,6 +135,12 @@ impl Repository {
         if dtype != DType::F32 || precision == Precision::Full {
             return self.objects().get_into(&t.object, out);
         }
+        if precision == Precision::Bf16 {
+            // bf16 by truncation is exactly the top two byte planes: read only those.
+            return self.objects().get_top_into(&t.object, 4, 2, out);
+        }
+        // fp16 rounds to nearest (and may go subnormal), which depends on every mantissa bit:
+        // a full read.
         let mut conv = Narrowing { out, precision, carry: Vec::with_capacity(4), written: 0 };
         self.objects().get_into(&t.object, &mut conv)?;
         Ok(conv.written)

@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use dlv_graph::Net;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{StorageConfig, TensorLayout};
 use crate::formats::{self, HyperValue, MatchReport, Series};
 use crate::objects::sync_dir;
 
@@ -269,6 +270,7 @@ impl Repository {
                 record.weights_header = Some(put.id);
             }
         }
+        let planner = DeltaPlanner::new(self, &record.parents)?;
         for s in weights {
             let abs = self.work_dir().join(&s.path);
             let mut src = formats::open_weights(&abs)?;
@@ -282,7 +284,14 @@ impl Repository {
                         info.name
                     )));
                 }
-                let mut w = self.objects().writer()?;
+                let base = planner.base_for(self, info);
+                let mut w = self.objects().tensor_writer(
+                    TensorLayout::of(info.dtype),
+                    info.byte_len(),
+                    base.as_deref(),
+                    planner.config.delta,
+                    false,
+                )?;
                 let n = src.read_tensor(i, &mut ProgressWriter { inner: &mut w, progress })?;
                 if n != info.byte_len() {
                     return Err(StoreError::format(
@@ -394,6 +403,7 @@ impl Repository {
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StoreError::Db(format!("commit transaction: {e:?}")))?;
+        self.index_pending()?; // query indexes (repo.rs); rebuildable, so outside the transaction
         self.flush()?;
         Ok(id)
     }
@@ -411,6 +421,49 @@ impl Repository {
             s.role.as_str().to_string()
         };
         Ok(FileEntry { path: s.path.clone(), role, object: put.id, size: put.len })
+    }
+}
+
+/// Chooses the delta base of each committed tensor: the tensor of the same name, dtype and
+/// shape in the first parent that has one, provided that base is a tensor object whose delta
+/// chain leaves room under `storage.max_chain`; otherwise the tensor is stored whole (a
+/// keyframe), which bounds the cost of recreating any version.
+pub(crate) struct DeltaPlanner {
+    pub(crate) config: StorageConfig,
+    parents: Vec<Vec<TensorEntry>>,
+}
+
+impl DeltaPlanner {
+    pub(crate) fn new(repo: &Repository, parents: &[String]) -> Result<DeltaPlanner> {
+        let config = StorageConfig::load(repo.dot_dir())?;
+        let mut tensors = Vec::new();
+        if config.max_chain > 0 && config.delta != crate::codec::DeltaMode::Off {
+            for p in parents {
+                tensors.push(repo.get(p)?.tensors);
+            }
+        }
+        Ok(DeltaPlanner { config, parents: tensors })
+    }
+
+    pub(crate) fn base_for(&self, repo: &Repository, info: &TensorInfo) -> Option<String> {
+        let dtype = info.dtype.as_str();
+        let shape: Vec<u64> = info.shape.iter().map(|&d| d as u64).collect();
+        let entry = self
+            .parents
+            .iter()
+            .flatten()
+            .find(|t| t.name == info.name && t.dtype == dtype && t.shape == shape)?;
+        let objects = repo.objects();
+        let base_info = objects.info(&entry.object).ok()?;
+        base_info.layout?;
+        match objects.chain_len(&entry.object) {
+            Ok(depth) if depth < self.config.max_chain => Some(entry.object.clone()),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(object = %entry.object, error = %e, "not using a damaged delta chain as a base");
+                None
+            }
+        }
     }
 }
 

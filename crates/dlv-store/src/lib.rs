@@ -10,6 +10,7 @@
 //! bytecheck) and corrupt data is an error, never a panic.
 
 mod checkout;
+mod codec;
 mod commit;
 mod error;
 pub mod formats;
@@ -20,10 +21,11 @@ mod repo;
 mod tensor;
 
 pub use checkout::{CheckoutOutcome, Precision};
+pub use codec::{DeltaMode, FloatKind, StorageConfig, TensorLayout, CHUNK_ELEMS, DEFAULT_MAX_CHAIN};
 pub use commit::{parse_network, CommitOptions, CommitOutcome, NoProgress, Progress, Role, StagedFile};
 pub use error::{Result, StoreError};
-pub use maint::{FsckReport, GcReport, Problem};
-pub use objects::{is_valid_id, Codec, ObjectId, ObjectStore, ObjectWriter, PutOutcome};
+pub use maint::{FsckReport, GcReport, Problem, RepackReport};
+pub use objects::{is_valid_id, Codec, ObjectId, ObjectInfo, ObjectStore, ObjectWriter, PutOutcome, TensorWriter};
 pub use record::{FileEntry, HyperEntry, NetworkRef, SeriesEntry, TensorEntry, VersionRecord, RECORD_FORMAT};
 pub use repo::{name_matches, short, ListFilter, Repository, Version, DOT_DIR, REPO_FORMAT};
 pub use tensor::{DType, TensorInfo};

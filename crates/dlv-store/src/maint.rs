@@ -1,13 +1,33 @@
-//! Maintenance: `fsck` (verify every record, reference and object) and `gc` (remove objects no
-//! version references).
+//! Maintenance: `fsck` (verify every record, reference, object and delta chain), `gc` (remove
+//! objects nothing needs: no version references them and no kept delta uses them as a base) and
+//! `repack` (re-plan the delta bases of the whole repository).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::cmp::Reverse;
 
 use serde::Serialize;
 
+use crate::codec::{StorageConfig, TensorLayout};
+use crate::commit::Progress;
 use crate::record::VersionRecord;
 use crate::repo::{short, Repository};
-use crate::{Result, StoreError};
+use crate::{DType, Result, StoreError};
+
+/// What a repack did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RepackReport {
+    /// Distinct tensor objects planned.
+    pub tensors: usize,
+    /// Objects rewritten (new base, now materialised, or converted from a legacy codec).
+    pub rewritten: usize,
+    /// Tensors stored whole in the new plan.
+    pub keyframes: usize,
+    /// Longest delta chain of the plan.
+    pub longest_chain: usize,
+    /// Stored bytes of the planned objects before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
 
 /// One problem fsck found.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -48,6 +68,7 @@ impl Repository {
     /// every object it references (present, decodes, hashes to its id).
     pub fn fsck(&self) -> Result<FsckReport> {
         let mut report = FsckReport::default();
+        let max_chain = StorageConfig::load(self.dot_dir())?.max_chain;
         let mut referenced = BTreeSet::new();
         let mut checked = BTreeSet::new();
         for item in self.versions.iter() {
@@ -79,6 +100,14 @@ impl Repository {
                 if !checked.insert(obj.to_string()) {
                     continue;
                 }
+                if let Some(msg) = self.check_chain(obj, max_chain) {
+                    report.problems.push(Problem {
+                        version: Some(format!("{}@{}", record.name, short(&id))),
+                        object: Some(obj.to_string()),
+                        msg,
+                    });
+                    continue;
+                }
                 match self.objects().verify(obj) {
                     Ok(n) => {
                         report.objects_checked += 1;
@@ -106,12 +135,58 @@ impl Repository {
                 report.problems.push(Problem { version: Some(id), object: None, msg: "listed in the log but has no record".into() });
             }
         }
+        let live = self.with_bases(referenced);
         for obj in self.objects().list()? {
-            if !referenced.contains(&obj) {
+            if !live.contains(&obj) {
                 report.unreferenced += 1;
             }
         }
         Ok(report)
+    }
+
+    /// Problems of `id`'s delta chain: a missing or unreadable base, a cycle, more links than
+    /// `max_chain`. `None` when the chain is sound.
+    fn check_chain(&self, id: &str, max_chain: usize) -> Option<String> {
+        let objects = self.objects();
+        let mut cur = id.to_string();
+        let mut seen = vec![cur.clone()];
+        loop {
+            let base = match objects.base_of(&cur) {
+                Ok(b) => b,
+                // The object itself (first step) is checked by verify; a base must be readable.
+                Err(_) if cur == id => return None,
+                Err(StoreError::MissingObject { .. }) => return Some(format!("delta base {cur} is missing")),
+                Err(e) => return Some(format!("delta base {cur} is unreadable: {e}")),
+            };
+            let Some(b) = base else { break };
+            if seen.contains(&b) {
+                return Some(format!("delta chain has a cycle through {b}"));
+            }
+            if !objects.contains(&b) {
+                return Some(format!("delta base {b} is missing"));
+            }
+            seen.push(b.clone());
+            if seen.len() > crate::objects::MAX_CHAIN_HARD + 1 {
+                break;
+            }
+            cur = b;
+        }
+        let links = seen.len() - 1;
+        (links > max_chain).then(|| format!("delta chain of {links} links exceeds storage.max_chain = {max_chain}"))
+    }
+
+    /// `ids` and, transitively, the delta bases they decode through (missing ones skipped).
+    fn with_bases(&self, ids: BTreeSet<String>) -> BTreeSet<String> {
+        let mut live = ids.clone();
+        let mut todo: Vec<String> = ids.into_iter().collect();
+        while let Some(id) = todo.pop() {
+            if let Ok(Some(b)) = self.objects().base_of(&id) {
+                if live.insert(b.clone()) {
+                    todo.push(b);
+                }
+            }
+        }
+        live
     }
 
     /// Every object any version references.
@@ -128,7 +203,22 @@ impl Repository {
     /// Removes unreferenced objects (and leftovers of interrupted writes). Refuses to run when a
     /// record cannot be read, since its objects could not be told apart from garbage.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
-        let keep = self.referenced_objects()?;
+        let referenced = self.referenced_objects()?;
+        // A kept delta needs its base: mark bases transitively. An unreadable header of a kept
+        // object could hide a base, so gc refuses rather than guess.
+        let mut keep = referenced.clone();
+        let mut todo: Vec<String> = referenced.into_iter().collect();
+        while let Some(id) = todo.pop() {
+            match self.objects().base_of(&id) {
+                Ok(Some(b)) => {
+                    if keep.insert(b.clone()) {
+                        todo.push(b);
+                    }
+                }
+                Ok(None) | Err(StoreError::MissingObject { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let mut report = GcReport::default();
         for obj in self.objects().list()? {
             if keep.contains(&obj) {
@@ -142,5 +232,315 @@ impl Repository {
             report.temp_files_removed = self.objects().clean_tmp()?;
         }
         Ok(report)
+    }
+}
+
+impl Repository {
+    /// Re-plans the delta bases of every tensor of the repository and rewrites the objects whose
+    /// base changes; see `docs/STORAGE.md` ("Repacking") for the algorithm. Object ids and
+    /// contents never change, so every version stays readable at every moment; objects that are
+    /// no longer needed as bases are left for `gc`.
+    pub fn repack(&self, progress: &dyn Progress) -> Result<RepackReport> {
+        let cfg = StorageConfig::load(self.dot_dir())?;
+        let objects = self.objects();
+        let mut report = RepackReport::default();
+
+        // Nodes: distinct tensor objects, with their layout. Edges: the same tensor name (same
+        // dtype and shape) in a version and its parent, and in two children of one parent.
+        let mut layout: BTreeMap<String, (TensorLayout, u64)> = BTreeMap::new();
+        let mut pairs: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut records: BTreeMap<String, VersionRecord> = BTreeMap::new();
+        for id in self.ids()? {
+            records.insert(id.clone(), self.get(&id)?);
+        }
+        let key = |t: &crate::TensorEntry| (t.name.clone(), t.dtype.clone(), t.shape.clone());
+        let mut add_pairs = |a: &VersionRecord, b: &VersionRecord| {
+            let theirs: BTreeMap<_, _> = b.tensors.iter().map(|t| (key(t), t.object.clone())).collect();
+            for t in &a.tensors {
+                if let Some(o) = theirs.get(&key(t)) {
+                    if *o != t.object {
+                        let (x, y) = if t.object < *o { (t.object.clone(), o.clone()) } else { (o.clone(), t.object.clone()) };
+                        pairs.insert((x, y));
+                    }
+                }
+            }
+        };
+        let mut children: BTreeMap<&str, Vec<&VersionRecord>> = BTreeMap::new();
+        for r in records.values() {
+            for p in &r.parents {
+                if let Some(pr) = records.get(p) {
+                    add_pairs(r, pr);
+                    children.entry(p.as_str()).or_default().push(r);
+                }
+            }
+        }
+        for kids in children.values() {
+            for w in kids.windows(2) {
+                add_pairs(w[0], w[1]);
+            }
+        }
+        for r in records.values() {
+            for t in &r.tensors {
+                let Some(dtype) = DType::parse(&t.dtype) else { continue };
+                layout.insert(t.object.clone(), (TensorLayout::of(dtype), t.bytes));
+            }
+        }
+
+        // Legacy objects (raw/zstd) become tensor objects first, so that every node can be
+        // estimated and read chunk by chunk.
+        let nodes: Vec<String> = layout.keys().cloned().collect();
+        report.tensors = nodes.len();
+        progress.begin("repack: planning", nodes.len() as u64);
+        let mut size_before = BTreeMap::new();
+        for id in &nodes {
+            size_before.insert(id.clone(), objects.stored_size(id)?);
+            let info = objects.info(id)?;
+            if info.layout.is_none() {
+                let (lay, len) = layout[id];
+                self.rewrite(id, lay, len, None, cfg)?;
+                report.rewritten += 1;
+            }
+        }
+        report.bytes_before = size_before.values().sum();
+
+        // Costs: a keyframe per node, a delta per candidate edge (order-0 estimates).
+        let mut root_cost: BTreeMap<&str, u64> = BTreeMap::new();
+        for id in &nodes {
+            root_cost.insert(id, objects.estimate(id, None, cfg.delta)?);
+            progress.advance(1);
+        }
+        let mut adj: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+        for (a, b) in &pairs {
+            if !(layout.contains_key(a) && layout.contains_key(b)) || layout[a] != layout[b] {
+                continue;
+            }
+            let w = match objects.estimate(a, Some(b), cfg.delta) {
+                Ok(w) => w,
+                Err(StoreError::Invalid(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            adj.entry(a).or_default().push((b, w));
+            adj.entry(b).or_default().push((a, w));
+        }
+        progress.end();
+
+        // Prim's algorithm from a virtual root (edge weight = keyframe cost) with a depth bound:
+        // a node may hang below another only if that keeps its chain within max_chain.
+        let mut plan: BTreeMap<&str, (Option<&str>, usize)> = BTreeMap::new();
+        let mut order: Vec<&str> = Vec::new();
+        let mut best: BTreeMap<&str, (u64, Option<&str>, usize)> =
+            root_cost.iter().map(|(&id, &c)| (id, (c, None, 0))).collect();
+        let mut heap: BinaryHeap<Reverse<(u64, &str)>> = best.iter().map(|(&id, &(c, _, _))| Reverse((c, id))).collect();
+        while let Some(Reverse((c, v))) = heap.pop() {
+            if plan.contains_key(v) || best.get(v).map(|b| b.0) != Some(c) {
+                continue;
+            }
+            let (_, parent, depth) = best[v];
+            plan.insert(v, (parent, depth));
+            order.push(v);
+            if depth >= cfg.max_chain {
+                continue;
+            }
+            for &(u, w) in adj.get(v).map(Vec::as_slice).unwrap_or(&[]) {
+                if plan.contains_key(u) {
+                    continue;
+                }
+                if best.get(u).is_some_and(|b| w < b.0) {
+                    best.insert(u, (w, Some(v), depth + 1));
+                    heap.push(Reverse((w, u)));
+                }
+            }
+        }
+
+        // Rewrite in plan order: a node's new base is always rewritten before it, so the bases
+        // at every moment form a forest and every object stays decodable.
+        progress.begin("repack: rewriting", order.len() as u64);
+        for v in &order {
+            let (parent, depth) = plan[v];
+            report.longest_chain = report.longest_chain.max(depth);
+            if parent.is_none() {
+                report.keyframes += 1;
+            }
+            let current = objects.base_of(v)?;
+            if current.as_deref() != parent {
+                let (lay, len) = layout[*v];
+                self.rewrite(v, lay, len, parent, cfg)?;
+                report.rewritten += 1;
+            }
+            progress.advance(1);
+        }
+        progress.end();
+        for id in &nodes {
+            report.bytes_after += objects.stored_size(id)?;
+        }
+        Ok(report)
+    }
+
+    /// Re-encodes object `id` (same content, same id) against `base`.
+    fn rewrite(&self, id: &str, layout: TensorLayout, len: u64, base: Option<&str>, cfg: StorageConfig) -> Result<()> {
+        let objects = self.objects();
+        let mut w = objects.tensor_writer(layout, len, base, cfg.delta, true)?;
+        objects.get_into(id, &mut w)?;
+        let put = w.finish()?;
+        if put.id != id {
+            return Err(StoreError::CorruptObject { id: id.to_string(), msg: format!("re-encodes to {}", put.id) });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::commit::{CommitOptions, NoProgress};
+    use crate::{formats, TensorInfo};
+
+    fn weights_file(dir: &Path, name: &str, step: u32, frozen_step: u32) -> Result<()> {
+        let n = 40_000usize;
+        let vals = |s: u32, salt: f32| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| {
+                    let x = (i as f32 * 0.377 + salt).sin() * 0.05 + s as f32 * 2e-5 * (i as f32 * 0.1).cos();
+                    x.to_le_bytes()
+                })
+                .collect()
+        };
+        let data = [vals(step, 0.0), vals(frozen_step, 1.0)];
+        let infos = vec![
+            TensorInfo { name: "fc.weight".into(), dtype: DType::F32, shape: vec![200, 200] },
+            TensorInfo { name: "emb.weight".into(), dtype: DType::F32, shape: vec![400, 100] },
+        ];
+        formats::write_safetensors(&dir.join(name), &infos, None, &mut |i, w| {
+            w.write_all(&data[i]).map_err(|e| StoreError::io("w", e))?;
+            Ok(data[i].len() as u64)
+        })
+    }
+
+    fn commit(repo: &Repository, dir: &Path, step: u32) -> Result<String> {
+        weights_file(dir, "w.safetensors", step, 0)?;
+        repo.add(&[dir.join("w.safetensors")])?;
+        let opts = CommitOptions { name: "m".into(), message: format!("step {step}"), author: "t".into(), ..Default::default() };
+        Ok(repo.commit(&opts, &NoProgress)?.id)
+    }
+
+    fn set_config(dir: &Path, storage: &str) -> Result<()> {
+        let p = dir.join(".dlv/config.toml");
+        std::fs::write(&p, format!("format = 1\n[storage]\n{storage}\n")).map_err(|e| StoreError::io(&p, e))
+    }
+
+    fn tensor_bytes(repo: &Repository, id: &str) -> Result<Vec<Vec<u8>>> {
+        repo.get(id)?.tensors.iter().map(|t| repo.objects().get_bytes(&t.object)).collect()
+    }
+
+    use std::io::Write;
+
+    #[test]
+    fn chains_stay_bounded_and_fsck_gc_repack_keep_everything() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
+        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
+        let repo = Repository::init(&dir)?;
+        set_config(&dir, "max_chain = 3")?;
+        let mut ids = Vec::new();
+        for step in 0..9 {
+            ids.push(commit(&repo, &dir, step * 10)?);
+        }
+        let mut expected = Vec::new();
+        let mut depths = Vec::new();
+        for id in &ids {
+            expected.push(tensor_bytes(&repo, id)?);
+            for t in repo.get(id)?.tensors {
+                let d = repo.objects().chain_len(&t.object)?;
+                assert!(d <= 3, "chain of {d}");
+                if t.name == "fc.weight" {
+                    depths.push(d);
+                }
+            }
+        }
+        // Deltas were used (the frozen tensor is one object shared by every version).
+        assert!(depths.iter().any(|&d| d > 0), "{depths:?}");
+        assert_eq!(depths[4], 0, "keyframe after 3 links: {depths:?}");
+        let frozen: BTreeSet<String> =
+            ids.iter().map(|id| Ok(repo.get(id)?.tensors[1].object.clone())).collect::<Result<_>>()?;
+        assert_eq!(frozen.len(), 1);
+        assert!(repo.fsck()?.is_ok());
+        let gc = repo.gc(false)?;
+        assert_eq!(gc.removed, 0);
+
+        // A longer bound, then repack: still bounded, smaller, bit-identical.
+        set_config(&dir, "max_chain = 5")?;
+        let before: u64 = repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum::<Result<u64>>()?;
+        let report = repo.repack(&NoProgress)?;
+        assert!(report.longest_chain <= 5);
+        repo.gc(false)?;
+        let after: u64 = repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum::<Result<u64>>()?;
+        assert!(after <= before + before / 50, "{after} vs {before}");
+        for (id, exp) in ids.iter().zip(&expected) {
+            assert_eq!(&tensor_bytes(&repo, id)?, exp);
+            for t in repo.get(id)?.tensors {
+                assert!(repo.objects().chain_len(&t.object)? <= 5);
+            }
+        }
+        assert!(repo.fsck()?.is_ok());
+
+        // With a tighter bound, fsck reports long chains.
+        set_config(&dir, "max_chain = 1")?;
+        let report = repo.fsck()?;
+        assert!(report.problems.iter().any(|p| p.msg.contains("exceeds storage.max_chain")), "{:?}", report.problems);
+        set_config(&dir, "max_chain = 1")?;
+        repo.repack(&NoProgress)?;
+        repo.gc(false)?;
+        assert!(repo.fsck()?.is_ok());
+        for (id, exp) in ids.iter().zip(&expected) {
+            assert_eq!(&tensor_bytes(&repo, id)?, exp);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gc_keeps_bases_and_fsck_finds_a_missing_base() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
+        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
+        let repo = Repository::init(&dir)?;
+        let a = commit(&repo, &dir, 0)?;
+        let b = commit(&repo, &dir, 10)?;
+        let delta = repo.get(&b)?.tensors[0].object.clone();
+        let base = repo.objects().base_of(&delta)?.ok_or_else(|| StoreError::Invalid("no delta".into()))?;
+        assert_eq!(base, repo.get(&a)?.tensors[0].object);
+
+        // A version whose delta's base no version references: gc must keep the base.
+        let only_base = {
+            let data: Vec<u8> = (0..40_000u32).flat_map(|i| (i as f32 * 1e-3).to_le_bytes()).collect();
+            let layout = TensorLayout::of(DType::F32);
+            let mut w = repo.objects().tensor_writer(layout, data.len() as u64, None, crate::DeltaMode::Auto, false)?;
+            w.write_all(&data).map_err(|e| StoreError::io("w", e))?;
+            let p = w.finish()?;
+            let next: Vec<u8> = (0..40_000u32).flat_map(|i| (i as f32 * 1e-3 + 1e-7).to_le_bytes()).collect();
+            let mut w = repo.objects().tensor_writer(layout, next.len() as u64, Some(&p.id), crate::DeltaMode::Auto, false)?;
+            w.write_all(&next).map_err(|e| StoreError::io("w", e))?;
+            let d = w.finish()?;
+            assert_eq!(repo.objects().base_of(&d.id)?.as_deref(), Some(p.id.as_str()));
+            let mut rec = repo.get(&b)?;
+            rec.message = "points at a delta".into();
+            rec.parents = vec![b.clone()];
+            rec.tensors[0].object = d.id.clone();
+            repo.insert_version(&rec)?;
+            p.id
+        };
+        let gc = repo.gc(false)?;
+        assert_eq!(gc.removed, 0);
+        assert!(repo.objects().contains(&only_base));
+        assert!(repo.fsck()?.is_ok());
+
+        std::fs::remove_file(repo.objects().path_of(&base)?).map_err(|e| StoreError::io("rm", e))?;
+        let report = repo.fsck()?;
+        assert!(
+            report.problems.iter().any(|p| p.msg.contains("delta base") && p.msg.contains("missing")),
+            "{:?}",
+            report.problems
+        );
+        assert!(matches!(repo.objects().verify(&delta), Err(StoreError::MissingObject { .. })));
+        Ok(())
     }
 }

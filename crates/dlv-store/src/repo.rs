@@ -19,6 +19,13 @@ const T_LOG: &str = "log";
 const T_CHILDREN: &str = "children";
 const T_STAGING: &str = "staging";
 const T_SAVED: &str = "saved_queries";
+/// Query indexes (see `Repository::index_pending`): creation time, numeric metadata, metadata
+/// keys, and the log position up to which they are complete.
+const T_IDX_CREATED: &str = "idx_created";
+const T_IDX_NUM: &str = "idx_num";
+const T_IDX_KEYS: &str = "idx_keys";
+const T_IDX_META: &str = "idx_meta";
+const IDX_WATERMARK: &[u8] = b"watermark";
 
 /// An open repository. Opened for writing, it holds the writer lock until dropped.
 pub struct Repository {
@@ -34,6 +41,15 @@ pub struct Repository {
     pub(crate) children: sled::Tree,
     pub(crate) staging: sled::Tree,
     pub(crate) saved: sled::Tree,
+    /// `created_ms (sortable u64 BE) ++ id` -> ().
+    idx_created: sled::Tree,
+    /// `key \0 value (sortable f64 BE) ++ id` -> (): numeric hyper-parameters, extra metadata
+    /// and the last value of each metric series.
+    idx_num: sled::Tree,
+    /// metadata key -> (): every hyper, extra and series key of an indexed version.
+    idx_keys: sled::Tree,
+    /// `watermark` -> log seq (u64 BE) up to which every version is indexed.
+    idx_meta: sled::Tree,
     objects: ObjectStore,
     _lock: Option<WriterLock>,
 }
@@ -115,6 +131,10 @@ impl Repository {
             children: tree(T_CHILDREN)?,
             staging: tree(T_STAGING)?,
             saved: tree(T_SAVED)?,
+            idx_created: tree(T_IDX_CREATED)?,
+            idx_num: tree(T_IDX_NUM)?,
+            idx_keys: tree(T_IDX_KEYS)?,
+            idx_meta: tree(T_IDX_META)?,
             objects: ObjectStore::new(dot.join("objects")),
             db,
             work,
@@ -309,6 +329,206 @@ impl Repository {
     }
 }
 
+/// Query indexes. They let a query planner (DQL) find candidate versions by creation time,
+/// numeric metadata or name prefix without reading every record.
+///
+/// Maintenance: `insert_version` calls [`Repository::index_pending`] after its transaction,
+/// which indexes every logged version past the watermark (normally just the new one). A crash
+/// between the two leaves versions past the watermark; [`Repository::unindexed`] lists them
+/// and a planner treats them as candidates of every index lookup, and the next commit catches
+/// up. Repositories made before the indexes existed have no watermark: everything is
+/// unindexed until [`Repository::rebuild_index`] (`dlv query --reindex`) or the next commit.
+impl Repository {
+    /// Indexes every version logged after the watermark; returns how many.
+    pub fn index_pending(&self) -> Result<usize> {
+        let start = self.index_watermark()?.map_or(0, |w| w.saturating_add(1));
+        let mut n = 0;
+        for item in self.log.range(start.to_be_bytes()..) {
+            let (seq, id) = item?;
+            let id = String::from_utf8_lossy(&id).to_string();
+            let record = self.get(&id)?;
+            self.index_one(&id, &record)?;
+            self.idx_meta.insert(IDX_WATERMARK, seq.as_ref())?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn index_one(&self, id: &str, record: &VersionRecord) -> Result<()> {
+        let mut created = sortable_i64(record.created_ms).to_vec();
+        created.extend_from_slice(id.as_bytes());
+        self.idx_created.insert(created, &[])?;
+        let series_last = record.series.iter().filter_map(|s| Some((s.name.as_str(), *s.values.last()?)));
+        let numbers = record
+            .hyper
+            .iter()
+            .chain(&record.extra)
+            .filter_map(|h| Some((h.key.as_str(), h.num?)))
+            .chain(series_last);
+        for (key, value) in numbers {
+            if value.is_nan() {
+                continue;
+            }
+            let mut k = num_prefix(key);
+            k.extend_from_slice(&sortable_f64(value));
+            k.extend_from_slice(id.as_bytes());
+            self.idx_num.insert(k, &[])?;
+        }
+        let keys = record.hyper.iter().chain(&record.extra).map(|h| h.key.as_str()).chain(record.series.iter().map(|s| s.name.as_str()));
+        for key in keys {
+            self.idx_keys.insert(key.as_bytes(), &[])?;
+        }
+        Ok(())
+    }
+
+    /// Log position up to which every version is indexed; `None` before the first indexing.
+    pub fn index_watermark(&self) -> Result<Option<u64>> {
+        Ok(self.idx_meta.get(IDX_WATERMARK)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes))
+    }
+
+    /// Versions that the indexes do not cover yet (logged after the watermark), in commit order.
+    pub fn unindexed(&self) -> Result<Vec<String>> {
+        let start = self.index_watermark()?.map_or(0, |w| w.saturating_add(1));
+        let mut v = Vec::new();
+        for item in self.log.range(start.to_be_bytes()..) {
+            let (_, id) = item?;
+            v.push(String::from_utf8_lossy(&id).to_string());
+        }
+        Ok(v)
+    }
+
+    /// Drops and rebuilds the query indexes from the records; returns how many versions were
+    /// indexed.
+    pub fn rebuild_index(&self) -> Result<usize> {
+        self.clear_index()?;
+        let n = self.index_pending()?;
+        self.flush()?;
+        Ok(n)
+    }
+
+    /// Drops the query indexes, leaving the repository as one made before they existed (every
+    /// version unindexed, still found by queries through [`Repository::unindexed`]).
+    pub fn clear_index(&self) -> Result<()> {
+        self.idx_created.clear()?;
+        self.idx_num.clear()?;
+        self.idx_keys.clear()?;
+        self.idx_meta.clear()?;
+        self.flush()
+    }
+
+    /// Indexed versions created within the bounds (milliseconds since the epoch), oldest first.
+    pub fn ids_created(&self, lo: std::ops::Bound<i64>, hi: std::ops::Bound<i64>) -> Result<Vec<String>> {
+        use std::ops::Bound;
+        let start = match lo {
+            Bound::Included(t) => sortable_i64(t),
+            Bound::Excluded(t) if t == i64::MAX => return Ok(Vec::new()),
+            Bound::Excluded(t) => sortable_i64(t + 1),
+            Bound::Unbounded => [0; 8],
+        };
+        let mut out = Vec::new();
+        for item in self.idx_created.range(start.to_vec()..) {
+            let (k, _) = item?;
+            let Some((t, id)) = split_key(&k) else { continue };
+            let t = (u64::from_be_bytes(t) ^ (1 << 63)) as i64;
+            let inside = match hi {
+                Bound::Included(h) => t <= h,
+                Bound::Excluded(h) => t < h,
+                Bound::Unbounded => true,
+            };
+            if !inside {
+                break;
+            }
+            out.push(id);
+        }
+        Ok(out)
+    }
+
+    /// Indexed versions whose numeric metadata `key` (hyper-parameter, extra entry, or last
+    /// value of the series of that name) lies within the bounds.
+    pub fn ids_by_number(&self, key: &str, lo: std::ops::Bound<f64>, hi: std::ops::Bound<f64>) -> Result<Vec<String>> {
+        use std::ops::Bound;
+        let prefix = num_prefix(key);
+        let mut start = prefix.clone();
+        match lo {
+            Bound::Included(v) | Bound::Excluded(v) if !v.is_nan() => start.extend_from_slice(&sortable_f64(v)),
+            _ => {}
+        }
+        let mut out = Vec::new();
+        for item in self.idx_num.range(start..) {
+            let (k, _) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else { break };
+            let Some((v, id)) = split_key(rest) else { continue };
+            let v = unsortable_f64(v);
+            let above = match lo {
+                Bound::Included(l) => v >= l,
+                Bound::Excluded(l) => v > l,
+                Bound::Unbounded => true,
+            };
+            let below = match hi {
+                Bound::Included(h) => v <= h,
+                Bound::Excluded(h) => v < h,
+                Bound::Unbounded => true,
+            };
+            if !below {
+                break;
+            }
+            if above {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Versions whose name starts with `prefix`, in commit order per name.
+    pub fn ids_by_name_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        for item in self.names.scan_prefix(prefix.as_bytes()) {
+            let (_, id) = item?;
+            v.push(String::from_utf8_lossy(&id).to_string());
+        }
+        Ok(v)
+    }
+
+    /// Every metadata key (hyper-parameter, extra entry, series) of an indexed version, sorted.
+    pub fn metadata_keys(&self) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        for item in self.idx_keys.iter() {
+            let (k, _) = item?;
+            v.push(String::from_utf8_lossy(&k).to_string());
+        }
+        Ok(v)
+    }
+}
+
+fn sortable_i64(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Big-endian bytes that sort as the floats do (NaN excluded by the callers).
+fn sortable_f64(v: f64) -> [u8; 8] {
+    let v = if v == 0.0 { 0.0 } else { v };
+    let bits = v.to_bits();
+    let bits = if bits >> 63 == 1 { !bits } else { bits ^ (1 << 63) };
+    bits.to_be_bytes()
+}
+
+fn unsortable_f64(b: [u8; 8]) -> f64 {
+    let bits = u64::from_be_bytes(b);
+    f64::from_bits(if bits >> 63 == 1 { bits ^ (1 << 63) } else { !bits })
+}
+
+fn num_prefix(key: &str) -> Vec<u8> {
+    let mut k = key.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// `8 bytes ++ id` -> (the 8 bytes, the id).
+fn split_key(k: &[u8]) -> Option<([u8; 8], String)> {
+    let head: [u8; 8] = k.get(..8)?.try_into().ok()?;
+    Some((head, String::from_utf8_lossy(&k[8..]).to_string()))
+}
+
 /// Abbreviated id, as shown to users.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(10)]
@@ -419,6 +639,16 @@ impl WriterLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sortable_floats_sort_as_floats() {
+        let vals = [-1e300, -2.5, -0.0, 0.0, 1e-9, 0.5, 3.0, 1e300];
+        for w in vals.windows(2) {
+            assert!(sortable_f64(w[0]) <= sortable_f64(w[1]), "{w:?}");
+            assert_eq!(unsortable_f64(sortable_f64(w[1])), w[1]);
+        }
+        assert!(sortable_i64(-5) < sortable_i64(3));
+    }
 
     #[test]
     fn globbing() {

@@ -1,8 +1,13 @@
 //! Integration tests: the `dlv` binary run in temporary folders.
 
+mod archival;
 mod bad_input;
 mod crash;
+mod query;
+mod explore;
+mod hub;
 mod version_control;
+mod train;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

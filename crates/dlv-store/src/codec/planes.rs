@@ -1,0 +1,204 @@
+//! Byte planes of fixed-width words and the reversible transforms applied to them: exponent
+//! isolation (a rotation of the top 16 bits), XOR and zigzag integer difference against a base.
+//! Every function here is a bijection on bit patterns; no float arithmetic is involved.
+
+/// Planes of a chunk: `planes[p][i]` is byte `p` (0 = least significant) of element `i`.
+/// Planes that were not decoded are empty.
+pub type Planes = Vec<Vec<u8>>;
+
+/// Splits little-endian words of `width` bytes into planes.
+pub fn split(data: &[u8], width: usize) -> Planes {
+    let n = data.len() / width;
+    let mut planes: Planes = (0..width).map(|_| vec![0u8; n]).collect();
+    for (p, plane) in planes.iter_mut().enumerate() {
+        // One pass per plane: a strided gather the compiler keeps free of bounds checks.
+        for (o, w) in plane.iter_mut().zip(data.chunks_exact(width)) {
+            *o = w[p];
+        }
+    }
+    planes
+}
+
+/// Interleaves the planes `lo..width` back into words of `width - lo` bytes (the top bytes of
+/// each element, little-endian). Appends to `out`.
+pub fn join_top(planes: &Planes, lo: usize, out: &mut Vec<u8>) {
+    let width = planes.len();
+    let keep = width - lo;
+    let n = planes.get(lo).map_or(0, Vec::len);
+    let start = out.len();
+    out.resize(start + n * keep, 0);
+    let dst = &mut out[start..];
+    for (k, plane) in planes[lo..].iter().enumerate() {
+        for (w, &b) in dst.chunks_exact_mut(keep).zip(plane) {
+            w[k] = b;
+        }
+    }
+}
+
+/// Little-endian words of up to 8 bytes from planes (all `width` planes present).
+fn words(planes: &Planes) -> Vec<u64> {
+    let n = planes.first().map_or(0, Vec::len);
+    let mut w = vec![0u64; n];
+    for (p, plane) in planes.iter().enumerate() {
+        for (x, &b) in w.iter_mut().zip(plane) {
+            *x |= (b as u64) << (8 * p);
+        }
+    }
+    w
+}
+
+fn words32(planes: &Planes) -> Vec<u32> {
+    let n = planes.first().map_or(0, Vec::len);
+    let mut w = vec![0u32; n];
+    for (p, plane) in planes.iter().enumerate() {
+        for (x, &b) in w.iter_mut().zip(plane) {
+            *x |= (b as u32) << (8 * p);
+        }
+    }
+    w
+}
+
+fn planes_of64(w: &[u64], width: usize) -> Planes {
+    (0..width).map(|p| w.iter().map(|x| (x >> (8 * p)) as u8).collect()).collect()
+}
+
+fn planes_of32(w: &[u32], width: usize) -> Planes {
+    (0..width).map(|p| w.iter().map(|x| (x >> (8 * p)) as u8).collect()).collect()
+}
+
+/// Rotates the top 16 bits of every word left by one, so that the sign bit of an IEEE float
+/// moves below the exponent and the top plane holds (most of) the exponent alone.
+pub fn rotate_top(planes: &mut Planes) {
+    let w = planes.len();
+    if w < 2 {
+        return;
+    }
+    let (lo_part, hi_part) = planes.split_at_mut(w - 1);
+    let (hi, lo) = (&mut hi_part[0], &mut lo_part[w - 2]);
+    for (h, l) in hi.iter_mut().zip(lo.iter_mut()) {
+        let (a, b) = (*h, *l);
+        *h = (a << 1) | (b >> 7);
+        *l = (b << 1) | (a >> 7);
+    }
+}
+
+/// Inverse of [`rotate_top`].
+pub fn unrotate_top(planes: &mut Planes) {
+    let w = planes.len();
+    if w < 2 {
+        return;
+    }
+    let (lo_part, hi_part) = planes.split_at_mut(w - 1);
+    let (hi, lo) = (&mut hi_part[0], &mut lo_part[w - 2]);
+    for (h, l) in hi.iter_mut().zip(lo.iter_mut()) {
+        let (a, b) = (*h, *l);
+        *h = (a >> 1) | (b << 7);
+        *l = (b >> 1) | (a << 7);
+    }
+}
+
+/// `a ^= b` plane by plane, for the planes present in both.
+pub fn xor_into(a: &mut Planes, b: &Planes) {
+    for (pa, pb) in a.iter_mut().zip(b) {
+        if pa.len() == pb.len() {
+            for (x, y) in pa.iter_mut().zip(pb) {
+                *x ^= y;
+            }
+        }
+    }
+}
+
+fn mask(width: usize) -> u64 {
+    if width >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * width)) - 1
+    }
+}
+
+/// Zigzag of the wrapping difference `a - b` of the bit patterns, as planes.
+pub fn sub_zigzag(a: &Planes, b: &Planes) -> Planes {
+    let width = a.len();
+    if width <= 4 {
+        // Words shifted to the top of a u32, so the sign bit and wrap-around are native.
+        let sh = 32 - 8 * width as u32;
+        let (wa, wb) = (words32(a), words32(b));
+        let z: Vec<u32> = wa
+            .iter()
+            .zip(&wb)
+            .map(|(&x, &y)| {
+                let d = ((x << sh).wrapping_sub(y << sh) as i32) >> sh;
+                (((d << 1) ^ (d >> 31)) as u32) & (u32::MAX >> sh)
+            })
+            .collect();
+        return planes_of32(&z, width);
+    }
+    let m = mask(width);
+    let top = 8 * width as u32 - 1;
+    let (wa, wb) = (words(a), words(b));
+    let z: Vec<u64> = wa
+        .iter()
+        .zip(&wb)
+        .map(|(&x, &y)| {
+            let d = x.wrapping_sub(y) & m;
+            ((d << 1) & m) ^ (((d >> top) & 1).wrapping_neg() & m)
+        })
+        .collect();
+    planes_of64(&z, width)
+}
+
+/// Inverse of [`sub_zigzag`]: `b + unzigzag(z)`.
+pub fn add_unzigzag(z: &Planes, b: &Planes) -> Planes {
+    let width = z.len();
+    if width <= 4 {
+        let m = u32::MAX >> (32 - 8 * width as u32);
+        let (wz, wb) = (words32(z), words32(b));
+        let v: Vec<u32> =
+            wz.iter().zip(&wb).map(|(&zz, &y)| y.wrapping_add((zz >> 1) ^ (zz & 1).wrapping_neg()) & m).collect();
+        return planes_of32(&v, width);
+    }
+    let m = mask(width);
+    let (wz, wb) = (words(z), words(b));
+    let v: Vec<u64> =
+        wz.iter().zip(&wb).map(|(&zz, &y)| y.wrapping_add((zz >> 1) ^ ((zz & 1).wrapping_neg() & m)) & m).collect();
+    planes_of64(&v, width)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_join_rotate_are_inverse() {
+        for width in 1..=8 {
+            let data: Vec<u8> = (0..width * 37).map(|i| (i * 31 + 7) as u8).collect();
+            let mut planes = split(&data, width);
+            rotate_top(&mut planes);
+            unrotate_top(&mut planes);
+            let mut back = Vec::new();
+            join_top(&planes, 0, &mut back);
+            assert_eq!(back, data, "width {width}");
+        }
+    }
+
+    #[test]
+    fn zigzag_difference_inverts() {
+        for width in 1..=8 {
+            let a: Vec<u8> = (0..width * 50).map(|i| (i * 131 + 3) as u8).collect();
+            let b: Vec<u8> = (0..width * 50).map(|i| (i * 17 + 250) as u8).collect();
+            let (pa, pb) = (split(&a, width), split(&b, width));
+            let z = sub_zigzag(&pa, &pb);
+            assert_eq!(add_unzigzag(&z, &pb), pa, "width {width}");
+        }
+    }
+
+    #[test]
+    fn small_differences_have_small_zigzag() {
+        let a = split(&1.0f32.to_bits().wrapping_add(3).to_le_bytes(), 4);
+        let b = split(&1.0f32.to_bits().to_le_bytes(), 4);
+        let z = sub_zigzag(&a, &b);
+        assert_eq!((z[0][0], z[1][0], z[2][0], z[3][0]), (6, 0, 0, 0));
+        let z = sub_zigzag(&b, &a);
+        assert_eq!((z[0][0], z[1][0], z[2][0], z[3][0]), (5, 0, 0, 0));
+    }
+}

@@ -1,0 +1,182 @@
+//! Codec round trips on every dtype and transform, including special float bit patterns.
+
+use proptest::prelude::*;
+
+use super::planes::{join_top, split};
+use super::*;
+
+fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode) -> Result<EncodedChunk, String> {
+    let w = layout.width;
+    let vp = split(value, w);
+    let bp = base.map(|b| split(b, w));
+    let enc = encode_chunk(&vp, bp.as_ref(), layout, mode);
+    let header = ChunkHeader::parse(&enc.header.to_bytes(), w)?;
+    assert_eq!(header, enc.header);
+    // Full decode.
+    let own: Planes = (0..w)
+        .map(|p| stream::decode(header.streams[w - 1 - p].coder, &enc.streams[w - 1 - p], header.elems as usize))
+        .collect::<Result<_, _>>()?;
+    let full = combine(&header, own.clone(), bp.as_ref(), w)?;
+    let mut out = Vec::new();
+    join_top(&full, 0, &mut out);
+    assert_eq!(out, value, "full decode differs ({:?})", header.transform);
+    // Every partial decode from only the planes it needs equals truncation.
+    for keep in 1..=w {
+        let need = planes_needed(&header, w, keep);
+        let mut part = own.clone();
+        for p in part.iter_mut().take(w - need) {
+            p.clear();
+        }
+        let bpart = bp.as_ref().map(|b| {
+            let base_need = if header.transform == Transform::Sub { w } else { need };
+            let mut b = b.clone();
+            for p in b.iter_mut().take(w - base_need) {
+                p.clear();
+            }
+            b
+        });
+        let top = combine(&header, part, bpart.as_ref(), keep)?;
+        let mut got = Vec::new();
+        join_top(&top, w - keep, &mut got);
+        let expect: Vec<u8> = value.chunks_exact(w).flat_map(|e| e[w - keep..].to_vec()).collect();
+        assert_eq!(got, expect, "top {keep} of {w}");
+    }
+    Ok(enc)
+}
+
+const LAYOUTS: &[(usize, FloatKind)] = &[
+    (1, FloatKind::None),
+    (2, FloatKind::F16),
+    (2, FloatKind::BF16),
+    (2, FloatKind::None),
+    (4, FloatKind::F32),
+    (4, FloatKind::None),
+    (8, FloatKind::F64),
+    (8, FloatKind::None),
+];
+
+fn special_f32() -> Vec<u8> {
+    let vals = [
+        f32::NAN.to_bits(),
+        0x7fc0_1234,
+        0xffff_ffff,
+        f32::INFINITY.to_bits(),
+        f32::NEG_INFINITY.to_bits(),
+        (-0.0f32).to_bits(),
+        0,
+        1,
+        0x8000_0001,
+        0x007f_ffff,
+        f32::MIN_POSITIVE.to_bits(),
+        f32::MAX.to_bits(),
+        1.0f32.to_bits(),
+    ];
+    vals.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[test]
+fn special_float_patterns_round_trip() -> Result<(), String> {
+    let v = special_f32();
+    let mut b = v.clone();
+    b.reverse();
+    for mode in [DeltaMode::Auto, DeltaMode::Xor, DeltaMode::Int] {
+        for &(w, f) in LAYOUTS {
+            let n = v.len() / w * w;
+            let layout = TensorLayout { width: w, float: f };
+            roundtrip(&v[..n], None, layout, mode)?;
+            roundtrip(&v[..n], Some(&b[..n]), layout, mode)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn snapshot_deltas_shrink_and_pick_a_delta() -> Result<(), String> {
+    // A "training step": small relative changes of normal-ish weights.
+    let mut x = 0x1234_5678u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let base: Vec<f32> = (0..50_000).map(|_| ((rnd() - 0.5) * 0.1) as f32).collect();
+    let next: Vec<f32> = base.iter().map(|&w| w + ((rnd() - 0.5) * 1e-4) as f32).collect();
+    let (bb, nb): (Vec<u8>, Vec<u8>) = (
+        base.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        next.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    );
+    let layout = TensorLayout { width: 4, float: FloatKind::F32 };
+    let whole = roundtrip(&nb, None, layout, DeltaMode::Auto)?;
+    let delta = roundtrip(&nb, Some(&bb), layout, DeltaMode::Auto)?;
+    assert_ne!(delta.header.transform, Transform::None);
+    assert!(delta.stored_len() < whole.stored_len() * 9 / 10, "{} vs {}", delta.stored_len(), whole.stored_len());
+    assert!(whole.stored_len() < nb.len() as u64);
+    // Identical to the base: all-zero residual, nearly free.
+    let same = roundtrip(&bb, Some(&bb), layout, DeltaMode::Auto)?;
+    assert!(same.stored_len() < 200, "{}", same.stored_len());
+    Ok(())
+}
+
+#[test]
+fn sparse_deltas_use_sparse_or_small_streams() -> Result<(), String> {
+    let base: Vec<u8> = (0..40_000u32).flat_map(|i| (i as f32 * 0.001).to_le_bytes()).collect();
+    let mut next = base.clone();
+    for i in (0..40_000).step_by(97) {
+        next[i * 4] ^= 0x5a;
+        next[i * 4 + 2] ^= 0x01;
+    }
+    let enc = roundtrip(&next, Some(&base), TensorLayout { width: 4, float: FloatKind::F32 }, DeltaMode::Xor)?;
+    assert!(enc.stored_len() < 40_000 / 4, "{}", enc.stored_len());
+    assert!(enc.header.streams.iter().any(|s| s.coder == stream::Coder::Sparse || s.coder == stream::Coder::Constant));
+    Ok(())
+}
+
+#[test]
+fn corrupt_headers_are_refused() {
+    let layout = TensorLayout { width: 4, float: FloatKind::F32 };
+    let enc = encode_chunk(&split(&special_f32(), 4), None, layout, DeltaMode::Auto);
+    let bytes = enc.header.to_bytes();
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x10;
+        assert!(ChunkHeader::parse(&b, 4).is_err(), "flip at {i}");
+    }
+    assert!(ChunkHeader::parse(&bytes[..bytes.len() - 1], 4).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    #[test]
+    fn any_bits_round_trip(
+        layout_i in 0..LAYOUTS.len(),
+        value in proptest::collection::vec(any::<u8>(), 0..600),
+        noise in proptest::collection::vec(any::<u8>(), 0..600),
+        sparse in any::<bool>(),
+        mode_i in 0..3usize,
+    ) {
+        let (w, f) = LAYOUTS[layout_i];
+        let n = value.len() / w * w;
+        let v = &value[..n];
+        // A base close to the value (sparse flips) or unrelated (noise).
+        let base: Vec<u8> = if sparse {
+            v.iter().enumerate().map(|(i, &b)| if noise.get(i).copied().unwrap_or(0) % 7 == 0 { b ^ 1 } else { b }).collect()
+        } else {
+            (0..n).map(|i| noise.get(i).copied().unwrap_or(i as u8)).collect()
+        };
+        let mode = [DeltaMode::Auto, DeltaMode::Xor, DeltaMode::Int][mode_i];
+        let layout = TensorLayout { width: w, float: f };
+        prop_assert!(roundtrip(v, None, layout, mode).is_ok());
+        prop_assert!(roundtrip(v, Some(&base), layout, mode).is_ok());
+    }
+
+    #[test]
+    fn floats_round_trip(values in proptest::collection::vec(any::<u32>(), 1..300), drift in any::<u32>()) {
+        let v: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let b: Vec<u8> = values.iter().map(|x| x.wrapping_add(drift % 1000)).flat_map(|x| x.to_le_bytes()).collect();
+        let layout = TensorLayout { width: 4, float: FloatKind::F32 };
+        prop_assert!(roundtrip(&v, Some(&b), layout, DeltaMode::Auto).is_ok());
+        prop_assert!(roundtrip(&v, Some(&b), layout, DeltaMode::Int).is_ok());
+    }
+}
