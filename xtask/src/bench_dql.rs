@@ -7,9 +7,11 @@
 //! changed), as a repository of fine-tuned variants and checkpoints shares networks.
 //!
 //! Figures: median latency of SPEC Query 1 (name + date + graph predicate) and of a
-//! metadata-only select, for our planner (pushdown to the indexes, graphs loaded only for
-//! survivors, parsed once per DAG object) and for the naive plan (read every record, load and
-//! parse every graph, then filter), measured in the same run, with the ratio. Run it with
+//! metadata-only select, for our planner (pushdown to the indexes, candidates read from the
+//! summary index, full records decoded only when a predicate or the result needs them, graphs
+//! loaded only for survivors, parsed and evaluated once per DAG object) and for the naive plan
+//! (read every record, load and parse every graph, then filter), measured in the same run, with
+//! the ratio; `recs` is how many full records our plan decoded. Run it with
 //! `--release` for meaningful numbers: `cargo run --release -p xtask -- bench dql`.
 
 use std::path::Path;
@@ -41,8 +43,8 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("note: debug build; run `cargo run --release -p xtask -- bench dql` for real figures");
     }
     let base = if Path::new("/dev/shm").is_dir() { std::path::PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-    println!("DQL latency, median of repeated runs (ours = pushdown + graphs of survivors only; naive = load every record and graph)");
-    println!("{:>8}  {:<10} {:>10} {:>10} {:>8}  {:>7} {:>9} {:>8}", "versions", "query", "ours ms", "naive ms", "ratio", "rows", "cands", "graphs");
+    println!("DQL latency, median of repeated runs (ours = pushdown + summaries + graphs of survivors only; naive = load every record and graph)");
+    println!("{:>8}  {:<10} {:>10} {:>10} {:>8}  {:>7} {:>9} {:>7} {:>8}", "versions", "query", "ours ms", "naive ms", "ratio", "rows", "cands", "recs", "graphs");
     for n in sizes {
         let dir = tempfile_in(&base, n)?;
         let t = Instant::now();
@@ -50,11 +52,11 @@ pub fn run(args: &[String]) -> Result<()> {
         let gen_s = t.elapsed().as_secs_f64();
         for (label, q) in [("query1", Q1), ("metadata", META)] {
             let reps = if n >= 100_000 { 3 } else { 7 };
-            let (ours, rows, cands, graphs) = measure(&repo, q, false, reps.max(5))?;
-            let (naive, naive_rows, _, _) = measure(&repo, q, true, reps)?;
+            let (ours, rows, cands, recs, graphs) = measure(&repo, q, false, reps.max(5))?;
+            let (naive, naive_rows, _, _, _) = measure(&repo, q, true, reps)?;
             anyhow::ensure!(rows == naive_rows, "plans disagree on {label}: {rows} vs {naive_rows} rows");
             println!(
-                "{n:>8}  {label:<10} {:>10.2} {:>10.2} {:>7.1}x  {rows:>7} {cands:>9} {graphs:>8}",
+                "{n:>8}  {label:<10} {:>10.2} {:>10.2} {:>7.1}x  {rows:>7} {cands:>9} {recs:>7} {graphs:>8}",
                 ours * 1e3,
                 naive * 1e3,
                 naive / ours.max(1e-9)
@@ -74,20 +76,20 @@ fn tempfile_in(base: &Path, n: usize) -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// Median seconds, and rows / candidates / graphs of the last run.
-fn measure(repo: &Repository, q: &str, naive: bool, reps: usize) -> Result<(f64, usize, usize, usize)> {
+/// Median seconds, and rows / candidates / records read / graphs of the last run.
+fn measure(repo: &Repository, q: &str, naive: bool, reps: usize) -> Result<(f64, usize, usize, usize, usize)> {
     let mut times = Vec::with_capacity(reps);
-    let mut last = (0, 0, 0);
+    let mut last = (0, 0, 0, 0);
     for _ in 0..reps {
         let cat = StoreCatalog::new(repo);
         let exec = Executor::new(&cat, ExecOptions { naive, ..Default::default() });
         let t = Instant::now();
         let out = exec.run_text(q)?;
         times.push(t.elapsed().as_secs_f64());
-        last = (out.rows.len(), out.stats.candidates, out.stats.graphs_loaded);
+        last = (out.rows.len(), out.stats.candidates, out.stats.records_read, out.stats.graphs_loaded);
     }
     times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], last.0, last.1, last.2))
+    Ok((times[times.len() / 2], last.0, last.1, last.2, last.3))
 }
 
 fn remove_layer(text: &str, name: &str) -> String {

@@ -7,7 +7,8 @@
 //! `dlv train --json` reports (training steps only, not loading or the final test); PyTorch's
 //! comes from benches/train_pytorch.py after three warm-up steps, and is skipped with a note
 //! where `import torch` fails. `DLV_BENCH_QUICK=1` runs fewer iterations; `DLV_BENCH_DEVICE=cuda`
-//! runs both on the GPU (with a dlv built with `--features cuda`).
+//! runs both on the GPU (with a dlv built with `--features cuda`); `DLV_BIN` names a dlv binary to
+//! use instead of building one.
 
 use std::io::Write;
 use std::path::Path;
@@ -81,7 +82,11 @@ fn torch_ips(model: &str, batch: usize, iters: usize, device: &str) -> Result<f6
 }
 
 pub fn run(_args: &[String]) -> Result<()> {
-    let bin = crate::build_dlv(true)?;
+    // DLV_BIN: a dlv built elsewhere (a `--features cuda` build on a GPU machine).
+    let bin = match std::env::var_os("DLV_BIN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => crate::build_dlv(true)?,
+    };
     let root = crate::root();
     let quick = std::env::var("DLV_BENCH_QUICK").is_ok();
     let device = std::env::var("DLV_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());

@@ -27,5 +27,5 @@ pub use error::{Result, StoreError};
 pub use maint::{FsckReport, GcReport, Problem, RepackReport};
 pub use objects::{is_valid_id, Codec, ObjectId, ObjectInfo, ObjectStore, ObjectWriter, PutOutcome, TensorWriter};
 pub use record::{FileEntry, HyperEntry, NetworkRef, SeriesEntry, TensorEntry, VersionRecord, RECORD_FORMAT};
-pub use repo::{name_matches, short, ListFilter, Repository, Version, DOT_DIR, REPO_FORMAT};
+pub use repo::{name_matches, short, ListFilter, Repository, Version, VersionSummary, DOT_DIR, REPO_FORMAT};
 pub use tensor::{DType, TensorInfo};

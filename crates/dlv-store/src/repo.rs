@@ -25,7 +25,14 @@ const T_IDX_CREATED: &str = "idx_created";
 const T_IDX_NUM: &str = "idx_num";
 const T_IDX_KEYS: &str = "idx_keys";
 const T_IDX_META: &str = "idx_meta";
+const T_IDX_SUMMARY: &str = "idx_summary";
 const IDX_WATERMARK: &[u8] = b"watermark";
+/// `idx_meta` key: layout of the indexes (absent before the summary tree existed). A commit
+/// into a repository whose indexes are older re-indexes every version once.
+const IDX_LAYOUT: &[u8] = b"layout";
+const IDX_LAYOUT_VERSION: u8 = 2;
+/// Encoding version of a summary value.
+const SUMMARY_FORMAT: u8 = 1;
 
 /// An open repository. Opened for writing, it holds the writer lock until dropped.
 pub struct Repository {
@@ -48,8 +55,10 @@ pub struct Repository {
     idx_num: sled::Tree,
     /// metadata key -> (): every hyper, extra and series key of an indexed version.
     idx_keys: sled::Tree,
-    /// `watermark` -> log seq (u64 BE) up to which every version is indexed.
+    /// `watermark` -> log seq (u64 BE) up to which every version is indexed; `layout` -> u8.
     idx_meta: sled::Tree,
+    /// id -> [`VersionSummary`] (compact encoding, see `VersionSummary::encode`).
+    idx_summary: sled::Tree,
     objects: ObjectStore,
     _lock: Option<WriterLock>,
 }
@@ -135,6 +144,7 @@ impl Repository {
             idx_num: tree(T_IDX_NUM)?,
             idx_keys: tree(T_IDX_KEYS)?,
             idx_meta: tree(T_IDX_META)?,
+            idx_summary: tree(T_IDX_SUMMARY)?,
             objects: ObjectStore::new(dot.join("objects")),
             db,
             work,
@@ -341,7 +351,16 @@ impl Repository {
 impl Repository {
     /// Indexes every version logged after the watermark; returns how many.
     pub fn index_pending(&self) -> Result<usize> {
-        let start = self.index_watermark()?.map_or(0, |w| w.saturating_add(1));
+        // Indexes of an older layout lack trees (the summary): index everything again once
+        // (every insert is idempotent).
+        let current = self.idx_meta.get(IDX_LAYOUT)?.is_some_and(|v| v.as_ref() == [IDX_LAYOUT_VERSION]);
+        let start = match self.index_watermark()? {
+            Some(w) if current => w.saturating_add(1),
+            _ => 0,
+        };
+        if !current {
+            self.idx_meta.insert(IDX_LAYOUT, &[IDX_LAYOUT_VERSION])?;
+        }
         let mut n = 0;
         for item in self.log.range(start.to_be_bytes()..) {
             let (seq, id) = item?;
@@ -378,7 +397,37 @@ impl Repository {
         for key in keys {
             self.idx_keys.insert(key.as_bytes(), &[])?;
         }
+        self.idx_summary.insert(id.as_bytes(), VersionSummary::of(record).encode())?;
         Ok(())
+    }
+
+    /// The summary of a version: from the summary index when it has it, else from the full
+    /// record (a version past the watermark, or a summary that fails to decode), so the
+    /// answer is always right, only slower off the index.
+    pub fn summary(&self, id: &str) -> Result<VersionSummary> {
+        if let Some(bytes) = self.idx_summary.get(id.as_bytes())? {
+            if let Some(s) = VersionSummary::decode(&bytes) {
+                return Ok(s);
+            }
+            tracing::warn!(version = %short(id), "summary index entry does not decode; reading the record");
+        }
+        Ok(VersionSummary::of(&self.get(id)?))
+    }
+
+    /// Summaries of `ids`, in that order (see [`Repository::summary`]).
+    pub fn summaries(&self, ids: &[String]) -> Result<Vec<VersionSummary>> {
+        ids.iter().map(|id| self.summary(id)).collect()
+    }
+
+    /// The network stored in DAG object `dag` (a [`crate::NetworkRef::dag`]), without the record
+    /// that names it.
+    pub fn network_object(&self, dag: &str) -> Result<dlv_graph::Net> {
+        let bytes = self.objects().get_bytes(dag)?;
+        let text = String::from_utf8(bytes).map_err(|_| StoreError::CorruptObject {
+            id: dag.to_string(),
+            msg: "network object is not UTF-8".into(),
+        })?;
+        Ok(dlv_graph::Net::from_json(&text)?)
     }
 
     /// Log position up to which every version is indexed; `None` before the first indexing.
@@ -412,6 +461,7 @@ impl Repository {
         self.idx_created.clear()?;
         self.idx_num.clear()?;
         self.idx_keys.clear()?;
+        self.idx_summary.clear()?;
         self.idx_meta.clear()?;
         self.flush()
     }
@@ -497,6 +547,92 @@ impl Repository {
             v.push(String::from_utf8_lossy(&k).to_string());
         }
         Ok(v)
+    }
+}
+
+/// What a query planner needs to know about a version without decoding its record (whose
+/// tensor list makes it large): kept in the `idx_summary` tree, a few dozen bytes per version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSummary {
+    pub name: String,
+    pub created_ms: i64,
+    pub message: String,
+    pub author: String,
+    /// DAG object of the network ([`crate::NetworkRef::dag`]), if the version has one.
+    pub dag: Option<String>,
+    /// Layer count of that network ([`crate::NetworkRef::layers`]).
+    pub layers: Option<u32>,
+    /// Number of tensor entries.
+    pub tensors: u32,
+    /// Learnable values ([`VersionRecord::param_count`]).
+    pub parameters: u64,
+}
+
+impl VersionSummary {
+    pub fn of(r: &VersionRecord) -> VersionSummary {
+        VersionSummary {
+            name: r.name.clone(),
+            created_ms: r.created_ms,
+            message: r.message.clone(),
+            author: r.author.clone(),
+            dag: r.network.as_ref().map(|n| n.dag.clone()),
+            layers: r.network.as_ref().map(|n| n.layers),
+            tensors: u32::try_from(r.tensors.len()).unwrap_or(u32::MAX),
+            parameters: r.param_count(),
+        }
+    }
+
+    /// `format u8, has_net u8, created i64 LE, tensors u32 LE, parameters u64 LE, layers u32 LE`,
+    /// then `name`, `message`, `author` and (with a network) `dag`, each as `len u32 LE ++ UTF-8`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(26 + 16 + self.name.len() + self.message.len() + self.author.len() + 64);
+        out.push(SUMMARY_FORMAT);
+        out.push(u8::from(self.dag.is_some()));
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
+        out.extend_from_slice(&self.tensors.to_le_bytes());
+        out.extend_from_slice(&self.parameters.to_le_bytes());
+        out.extend_from_slice(&self.layers.unwrap_or(0).to_le_bytes());
+        let strings = [Some(&self.name), Some(&self.message), Some(&self.author), self.dag.as_ref()];
+        for s in strings.into_iter().flatten() {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        out
+    }
+
+    /// Decodes [`VersionSummary::encode`]'s bytes; `None` for anything else (wrong format,
+    /// truncated, trailing bytes, bad UTF-8). Never panics.
+    pub fn decode(b: &[u8]) -> Option<VersionSummary> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            if b.len() < n {
+                return None;
+            }
+            let (head, rest) = b.split_at(n);
+            *b = rest;
+            Some(head)
+        }
+        fn string(b: &mut &[u8]) -> Option<String> {
+            let len = u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize;
+            String::from_utf8(take(b, len)?.to_vec()).ok()
+        }
+        let mut b = b;
+        let head = take(&mut b, 2)?;
+        if head[0] != SUMMARY_FORMAT || head[1] > 1 {
+            return None;
+        }
+        let has_net = head[1] == 1;
+        let created_ms = i64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+        let tensors = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
+        let parameters = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+        let layers = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
+        let name = string(&mut b)?;
+        let message = string(&mut b)?;
+        let author = string(&mut b)?;
+        let dag = if has_net { Some(string(&mut b)?) } else { None };
+        if !b.is_empty() {
+            return None;
+        }
+        Some(VersionSummary { name, created_ms, message, author, layers: dag.as_ref().map(|_| layers), dag, tensors, parameters })
     }
 }
 
@@ -648,6 +784,32 @@ mod tests {
             assert_eq!(unsortable_f64(sortable_f64(w[1])), w[1]);
         }
         assert!(sortable_i64(-5) < sortable_i64(3));
+    }
+
+    #[test]
+    fn summaries_roundtrip_and_reject_garbage() {
+        let mut s = VersionSummary {
+            name: "alexnet_v1".into(),
+            created_ms: -5,
+            message: "fine-tuned ✓".into(),
+            author: "me".into(),
+            dag: Some("ab".repeat(32)),
+            layers: Some(24),
+            tensors: 16,
+            parameters: 61_000_000,
+        };
+        for _ in 0..2 {
+            let bytes = s.encode();
+            assert_eq!(VersionSummary::decode(&bytes), Some(s.clone()));
+            for cut in 0..bytes.len() {
+                assert_eq!(VersionSummary::decode(&bytes[..cut]), None, "cut at {cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(VersionSummary::decode(&longer), None);
+            s.dag = None;
+            s.layers = None;
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::ops::Bound;
 
 use dlv_graph::Net;
-use dlv_store::{Repository, VersionRecord};
+use dlv_store::{Repository, VersionRecord, VersionSummary};
 
 use crate::ExecError;
 
@@ -42,8 +42,19 @@ pub trait Catalog {
     fn candidates(&self, pushdown: &Pushdown) -> Result<Vec<String>, ExecError>;
     /// One version record.
     fn record(&self, id: &str) -> Result<VersionRecord, ExecError>;
+    /// The summary of a version (name, times, message, author, DAG object, counts), read
+    /// without decoding its record; `None` when the catalogue has no such index, and the
+    /// executor then reads the record. Must agree with [`VersionSummary::of`] of the record.
+    fn summary(&self, _id: &str) -> Result<Option<VersionSummary>, ExecError> {
+        Ok(None)
+    }
     /// The network of a version, if it has one.
     fn network(&self, id: &str, record: &VersionRecord) -> Result<Option<Net>, ExecError>;
+    /// The network stored in DAG object `dag` (a `NetworkRef::dag`), read without any record;
+    /// `None` when the catalogue cannot, and the executor then uses [`Catalog::network`].
+    fn network_object(&self, _dag: &str) -> Result<Option<Net>, ExecError> {
+        Ok(None)
+    }
     /// Every metadata key that some version has, to tell a typo from a key; `None` if unknown.
     fn metadata_keys(&self) -> Result<Option<HashSet<String>>, ExecError> {
         Ok(None)
@@ -131,8 +142,16 @@ impl Catalog for StoreCatalog<'_> {
         Ok(self.repo.get(id)?)
     }
 
+    fn summary(&self, id: &str) -> Result<Option<VersionSummary>, ExecError> {
+        Ok(Some(self.repo.summary(id)?))
+    }
+
     fn network(&self, _id: &str, record: &VersionRecord) -> Result<Option<Net>, ExecError> {
         Ok(self.repo.network(record)?)
+    }
+
+    fn network_object(&self, dag: &str) -> Result<Option<Net>, ExecError> {
+        Ok(Some(self.repo.network_object(dag)?))
     }
 
     fn metadata_keys(&self) -> Result<Option<HashSet<String>>, ExecError> {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use dlv_graph::{ArgValue, Edit, Net};
-use dlv_store::{short, HyperEntry, NetworkRef, SeriesEntry, TensorEntry, VersionRecord};
+use dlv_store::{short, HyperEntry, NetworkRef, SeriesEntry, TensorEntry, VersionRecord, VersionSummary};
 use dql_parse::{Construct, Domain, Evaluate, Keep, Literal, Mutation, Query, Slice, Source, Step};
 
 use crate::catalog::{Catalog, Pushdown};
@@ -39,7 +39,9 @@ pub struct Stats {
     pub pushed_down: Vec<String>,
     /// Versions the catalogue returned as candidates.
     pub candidates: usize,
-    /// Version records read.
+    /// Full version records decoded. Candidates that the catalogue's summary index answers
+    /// (name, creation time, message, author, network, counts) are not read unless a metadata
+    /// predicate or an action (`slice`, `construct`, `evaluate`) needs them.
     pub records_read: usize,
     /// Network graphs parsed.
     pub graphs_loaded: usize,
@@ -101,10 +103,20 @@ struct Derived {
     trained: Option<Vec<TrainedTensor>>,
 }
 
+/// What the executor knows of a row's version.
+#[derive(Clone)]
+enum Meta {
+    /// A stored version read through the catalogue's summary index: its full record (tensor
+    /// list, metadata) is decoded only when something asks for it.
+    Summary(VersionSummary, OnceCell<VersionRecord>),
+    /// The full record: a new version, or a stored one from a catalogue without summaries.
+    Full(VersionRecord),
+}
+
 /// A row flowing through the executor: a stored version or a new one.
 struct Row {
     id: Option<String>,
-    record: VersionRecord,
+    meta: Meta,
     net: OnceCell<Option<Rc<Net>>>,
     matched: Vec<String>,
     /// Capture bindings the `where` kept; `None` when it binds none.
@@ -119,11 +131,29 @@ struct View<'e, 'a> {
 }
 
 impl RowView for View<'_, '_> {
-    fn record(&self) -> &VersionRecord {
-        &self.row.record
+    fn record(&self) -> Result<&VersionRecord, ExecError> {
+        self.exec.record_of(self.row)
     }
     fn id(&self) -> Option<&str> {
         self.row.id.as_deref()
+    }
+    fn name(&self) -> &str {
+        self.row.name()
+    }
+    fn created_ms(&self) -> i64 {
+        self.row.created_ms()
+    }
+    fn message(&self) -> &str {
+        self.row.message()
+    }
+    fn author(&self) -> &str {
+        self.row.author()
+    }
+    fn param_count(&self) -> u64 {
+        self.row.param_count()
+    }
+    fn stored_layers(&self) -> Option<u32> {
+        self.row.stored_layers()
     }
     fn net(&self) -> Result<Option<&Net>, ExecError> {
         Ok(self.exec.net_of(self.row)?.map(|n| &**n))
@@ -131,10 +161,80 @@ impl RowView for View<'_, '_> {
 }
 
 impl Row {
+    fn full(id: Option<String>, record: VersionRecord) -> Row {
+        Row { id, meta: Meta::Full(record), net: OnceCell::new(), matched: Vec::new(), kept: None, derived: None, committed: false }
+    }
+
     fn label(&self) -> String {
         match &self.id {
-            Some(id) => format!("{}@{}", self.record.name, short(id)),
-            None => format!("{} (new)", self.record.name),
+            Some(id) => format!("{}@{}", self.name(), short(id)),
+            None => format!("{} (new)", self.name()),
+        }
+    }
+
+    fn name(&self) -> &str {
+        match &self.meta {
+            Meta::Summary(s, _) => &s.name,
+            Meta::Full(r) => &r.name,
+        }
+    }
+
+    fn created_ms(&self) -> i64 {
+        match &self.meta {
+            Meta::Summary(s, _) => s.created_ms,
+            Meta::Full(r) => r.created_ms,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match &self.meta {
+            Meta::Summary(s, _) => &s.message,
+            Meta::Full(r) => &r.message,
+        }
+    }
+
+    fn author(&self) -> &str {
+        match &self.meta {
+            Meta::Summary(s, _) => &s.author,
+            Meta::Full(r) => &r.author,
+        }
+    }
+
+    /// The DAG object of a stored network.
+    fn dag(&self) -> Option<&str> {
+        match &self.meta {
+            Meta::Summary(s, _) => s.dag.as_deref(),
+            Meta::Full(r) => r.network.as_ref().map(|n| n.dag.as_str()),
+        }
+    }
+
+    /// The layer count the record carries (stored versions).
+    fn stored_layers(&self) -> Option<u32> {
+        match &self.meta {
+            Meta::Summary(s, _) => s.layers,
+            Meta::Full(r) => r.network.as_ref().map(|n| n.layers),
+        }
+    }
+
+    fn tensor_count(&self) -> usize {
+        match &self.meta {
+            Meta::Summary(s, _) => s.tensors as usize,
+            Meta::Full(r) => r.tensors.len(),
+        }
+    }
+
+    fn param_count(&self) -> u64 {
+        match &self.meta {
+            Meta::Summary(s, _) => s.parameters,
+            Meta::Full(r) => r.param_count(),
+        }
+    }
+
+    /// The record of a new version, to fill in before it is recorded.
+    fn record_mut(&mut self) -> Result<&mut VersionRecord, ExecError> {
+        match &mut self.meta {
+            Meta::Full(r) => Ok(r),
+            Meta::Summary(..) => Err(ExecError::Internal("a stored version's record is read-only".into())),
         }
     }
 }
@@ -199,7 +299,7 @@ impl<'a> Executor<'a> {
                 }
             }
         }
-        rows.sort_by(|a, b| (a.record.created_ms, &a.record.name).cmp(&(b.record.created_ms, &b.record.name)));
+        rows.sort_by(|a, b| (a.created_ms(), a.name()).cmp(&(b.created_ms(), b.name())));
         let rows = rows.iter().map(|r| self.result_row(r)).collect::<Result<_, _>>()?;
         let statement = match q {
             Query::Select(_) => "select",
@@ -213,7 +313,7 @@ impl<'a> Executor<'a> {
     fn result_row(&self, r: &Row) -> Result<ResultRow, ExecError> {
         let layers = match self.net_if_loaded(r) {
             Some(n) => Some(n.len()),
-            None => r.record.network.as_ref().map(|n| n.layers as usize),
+            None => r.stored_layers().map(|n| n as usize),
         };
         let (source, source_label) = match r.derived.as_ref() {
             Some(Derived { parent: Parent::Id(id), parent_label, .. }) => (Some(id.clone()), Some(parent_label.clone())),
@@ -222,13 +322,13 @@ impl<'a> Executor<'a> {
         };
         let tensors = match r.derived.as_ref().and_then(|d| d.trained.as_ref()) {
             Some(t) if !t.is_empty() => t.len(),
-            _ => r.record.tensors.len(),
+            _ => r.tensor_count(),
         };
         Ok(ResultRow {
             id: r.id.clone(),
-            name: r.record.name.clone(),
-            created_ms: r.record.created_ms,
-            message: r.record.message.clone(),
+            name: r.name().to_string(),
+            created_ms: r.created_ms(),
+            message: r.message().to_string(),
             matched: r.matched.clone(),
             source,
             source_label,
@@ -246,23 +346,47 @@ impl<'a> Executor<'a> {
         r.net.get().and_then(|n| n.as_deref())
     }
 
+    /// The full record of a row, read from the catalogue on first use (stored versions known
+    /// by their summary).
+    fn record_of<'r>(&self, row: &'r Row) -> Result<&'r VersionRecord, ExecError> {
+        match &row.meta {
+            Meta::Full(r) => Ok(r),
+            Meta::Summary(_, cell) => {
+                if let Some(r) = cell.get() {
+                    return Ok(r);
+                }
+                let Some(id) = &row.id else { return Err(ExecError::Internal("a summary row without an id".into())) };
+                let record = self.catalog.record(id)?;
+                self.stats.borrow_mut().records_read += 1;
+                Ok(cell.get_or_init(|| record))
+            }
+        }
+    }
+
     /// The row's network, loaded (and cached by DAG object) on first use.
     fn net_of<'r>(&self, row: &'r Row) -> Result<Option<&'r Rc<Net>>, ExecError> {
         if let Some(n) = row.net.get() {
             return Ok(n.as_ref());
         }
-        let loaded = match (&row.id, &row.record.network) {
-            (Some(id), Some(nref)) => {
-                let cached = if self.opts.naive { None } else { self.dags.borrow().get(&nref.dag).cloned() };
+        let loaded = match (&row.id, row.dag()) {
+            (Some(id), Some(dag)) => {
+                let cached = if self.opts.naive { None } else { self.dags.borrow().get(dag).cloned() };
                 match cached {
                     Some(n) => Some(n),
                     None => {
                         self.stats.borrow_mut().graphs_loaded += 1;
-                        match self.catalog.network(id, &row.record)? {
+                        // By object id when the catalogue can (no record needed); the naive
+                        // plan reads through the record, as it always did.
+                        let by_object = if self.opts.naive { None } else { self.catalog.network_object(dag)? };
+                        let net = match by_object {
+                            Some(net) => Some(net),
+                            None => self.catalog.network(id, self.record_of(row)?)?,
+                        };
+                        match net {
                             Some(net) => {
                                 let net = Rc::new(net);
                                 if !self.opts.naive {
-                                    self.dags.borrow_mut().insert(nref.dag.clone(), net.clone());
+                                    self.dags.borrow_mut().insert(dag.to_string(), net.clone());
                                 }
                                 Some(net)
                             }
@@ -371,9 +495,18 @@ impl<'a> Executor<'a> {
         }
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
-            let record = self.catalog.record(&id)?;
-            self.stats.borrow_mut().records_read += 1;
-            let row = Row { id: Some(id), record, net: OnceCell::new(), matched: Vec::new(), kept: None, derived: None, committed: false };
+            // The summary index answers name, times, message, author and the DAG object; the
+            // record is decoded later only if a predicate or an action needs it. The naive plan
+            // reads every record.
+            let summary = if self.opts.naive { None } else { self.catalog.summary(&id)? };
+            let row = match summary {
+                Some(s) => Row { id: Some(id), meta: Meta::Summary(s, OnceCell::new()), net: OnceCell::new(), matched: Vec::new(), kept: None, derived: None, committed: false },
+                None => {
+                    let record = self.catalog.record(&id)?;
+                    self.stats.borrow_mut().records_read += 1;
+                    Row::full(Some(id), record)
+                }
+            };
             if self.opts.naive {
                 self.net_of(&row)?;
             }
@@ -396,8 +529,8 @@ impl<'a> Executor<'a> {
             }
         }
         // The rest depends on the network only: versions that share a DAG object share it.
-        let key = match (memo, &row.record.network, &row.derived) {
-            (Some(_), Some(n), None) => Some(n.dag.clone()),
+        let key = match (memo, row.dag(), &row.derived) {
+            (Some(_), Some(dag), None) => Some(dag.to_string()),
             _ => None,
         };
         if let (Some(m), Some(k)) = (memo, &key) {
@@ -506,15 +639,16 @@ impl<'a> Executor<'a> {
         }
     }
 
-    fn new_record(&self, src: &Row, suffix: &str, message: String) -> VersionRecord {
+    fn new_record(&self, src: &Row, suffix: &str, message: String) -> Result<VersionRecord, ExecError> {
         let name = self.opts.result_name.clone().unwrap_or_else(|| {
             if suffix.is_empty() {
-                src.record.name.clone()
+                src.name().to_string()
             } else {
-                format!("{}-{suffix}", src.record.name)
+                format!("{}-{suffix}", src.name())
             }
         });
-        VersionRecord {
+        let src_record = self.record_of(src)?;
+        Ok(VersionRecord {
             name,
             parents: src.id.iter().cloned().collect(),
             message,
@@ -522,13 +656,13 @@ impl<'a> Executor<'a> {
             created_ms: self.opts.now_ms,
             network: None,
             tensors: Vec::new(),
-            weights_file: src.record.weights_file.clone(),
+            weights_file: src_record.weights_file.clone(),
             weights_header: None,
-            hyper: src.record.hyper.clone(),
+            hyper: src_record.hyper.clone(),
             series: Vec::new(),
-            files: src.record.files.iter().filter(|f| f.role == "solver" || f.role == "config").cloned().collect(),
+            files: src_record.files.iter().filter(|f| f.role == "solver" || f.role == "config").cloned().collect(),
             extra: Vec::new(),
-        }
+        })
     }
 
     fn derive(&self, src: Row, record: VersionRecord, net: Net, changes: Vec<String>, changed: bool) -> Row {
@@ -539,7 +673,7 @@ impl<'a> Executor<'a> {
         };
         Row {
             id: None,
-            record,
+            meta: Meta::Full(record),
             net: OnceCell::from(Some(Rc::new(net))),
             matched: Vec::new(),
             kept: None,
@@ -563,8 +697,8 @@ impl<'a> Executor<'a> {
             let kept: HashSet<&str> = sliced.nodes().map(|n| n.name.as_str()).collect();
             let (iname, oname) = (node_name(&net, i), node_name(&net, o));
             let change = format!("slice {iname} .. {oname} ({} of {} layers)", sliced.len(), net.len());
-            let mut record = self.new_record(&row, "slice", format!("slice of {} from {iname} to {oname}", row.label()));
-            record.tensors = row.record.tensors.iter().filter(|t| t.layer.as_deref().is_some_and(|l| kept.contains(l))).cloned().collect();
+            let mut record = self.new_record(&row, "slice", format!("slice of {} from {iname} to {oname}", row.label()))?;
+            record.tensors = self.record_of(&row)?.tensors.iter().filter(|t| t.layer.as_deref().is_some_and(|l| kept.contains(l))).cloned().collect();
             out.push(self.derive(row, record, sliced, vec![change], true));
         }
         Ok(out)
@@ -625,10 +759,11 @@ impl<'a> Executor<'a> {
             let changed = !changes.is_empty();
             let names: HashSet<&str> = cur.nodes().map(|n| n.name.as_str()).collect();
             let msg = if changed { format!("construct from {}: {}", row.label(), changes.join(", ")) } else { format!("construct from {}: no change", row.label()) };
-            let mut record = self.new_record(&row, "construct", msg);
-            record.tensors = row.record.tensors.iter().filter(|t| t.layer.as_deref().is_none_or(|l| names.contains(l))).cloned().collect();
-            if record.tensors.len() == row.record.tensors.len() {
-                record.weights_header = row.record.weights_header.clone();
+            let mut record = self.new_record(&row, "construct", msg)?;
+            let src_record = self.record_of(&row)?;
+            record.tensors = src_record.tensors.iter().filter(|t| t.layer.as_deref().is_none_or(|l| names.contains(l))).cloned().collect();
+            if record.tensors.len() == src_record.tensors.len() {
+                record.weights_header = src_record.weights_header.clone();
             }
             out.push(self.derive(row, record, cur, changes, changed));
         }
@@ -684,7 +819,7 @@ impl<'a> Executor<'a> {
                 return Err(plan(format!("{} has no network to train", row.label())));
             };
             for point in &grid {
-                let job = TrainJob { record: &row.record, net: &net, weights: &weights, config: &e.config, params: point };
+                let job = TrainJob { record: self.record_of(row)?, net: &net, weights: &weights, config: &e.config, params: point };
                 let run = trainer.start(&job).map_err(|msg| ExecError::Trainer { run: run_label(row, point), msg })?;
                 self.stats.borrow_mut().runs += 1;
                 runs.push(RunState { src: i, params: point.clone(), run, series: BTreeMap::new(), last: BTreeMap::new(), at: 0 });
@@ -733,7 +868,7 @@ impl<'a> Executor<'a> {
                 for mut r in runs {
                     let until = at.unwrap_or(u64::MAX);
                     advance(&mut r, until)?;
-                    let probe = metrics_row(&rows[r.src].record, &r.series);
+                    let probe = metrics_row(self.record_of(&rows[r.src])?, &r.series);
                     let view = View { row: &probe, exec: self };
                     if expr::eval(rule, &view, None, &mut Vec::new())? {
                         survivors.push(r);
@@ -776,7 +911,7 @@ impl<'a> Executor<'a> {
             let params: Vec<(String, String)> = r.params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
             let metrics: Vec<(String, f64)> = r.last.iter().map(|(k, v)| (k.clone(), *v)).collect();
             let shown = metrics.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
-            let mut record = self.new_record(&src, "", format!("evaluate {label}: {shown} at iteration {}", r.at));
+            let mut record = self.new_record(&src, "", format!("evaluate {label}: {shown} at iteration {}", r.at))?;
             for (k, v) in &r.params {
                 let (text, num) = match v {
                     ParamValue::Num(n) => (n.to_string(), Some(*n)),
@@ -788,7 +923,7 @@ impl<'a> Executor<'a> {
             record.hyper.sort_by(|a, b| a.key.cmp(&b.key));
             record.series = r.series.iter().map(|(k, (i, v))| SeriesEntry { name: k.clone(), iters: i.clone(), values: v.clone() }).collect();
             record.extra.push(HyperEntry { key: "evaluate.config".into(), text: e.config.clone(), num: None });
-            record.tensors = src.record.tensors.clone();
+            record.tensors = self.record_of(&src)?.tensors.clone();
             record.weights_header = None;
             let net = self.net_of(&src)?.map(|n| (**n).clone()).unwrap_or_default();
             let mut row = self.derive(src, record, net, vec![format!("trained {} iterations", r.at)], true);
@@ -814,20 +949,22 @@ impl<'a> Executor<'a> {
             Parent::Id(id) => id.clone(),
             Parent::Row(p) => self.commit_row(p)?,
         };
-        row.record.parents = vec![parent];
+        let trained = d.trained.take();
+        let record = row.record_mut()?;
+        record.parents = vec![parent];
         if let Some(net) = net {
             let dag = self.catalog.put_object(net.to_json().as_bytes())?;
-            row.record.network = Some(NetworkRef { dag, name: net.name.clone(), layers: net.len() as u32, source: None });
+            record.network = Some(NetworkRef { dag, name: net.name.clone(), layers: net.len() as u32, source: None });
         }
-        if let Some(trained) = d.trained.take().filter(|t| !t.is_empty()) {
+        if let Some(trained) = trained.filter(|t| !t.is_empty()) {
             let mut tensors = Vec::with_capacity(trained.len());
             for t in trained {
                 let object = self.catalog.put_object(&t.data)?;
                 tensors.push(TensorEntry { name: t.name, layer: t.layer, blob: t.blob, dtype: t.dtype, shape: t.shape, object, bytes: t.data.len() as u64 });
             }
-            row.record.tensors = tensors;
+            record.tensors = tensors;
         }
-        let id = self.catalog.create_version(&row.record)?;
+        let id = self.catalog.create_version(record)?;
         row.id = Some(id.clone());
         row.committed = true;
         Ok(id)
@@ -847,7 +984,7 @@ impl<'a> Executor<'a> {
 fn clone_row(r: &Row) -> Row {
     Row {
         id: r.id.clone(),
-        record: r.record.clone(),
+        meta: r.meta.clone(),
         net: r.net.get().cloned().map(OnceCell::from).unwrap_or_default(),
         matched: Vec::new(),
         kept: None,
@@ -1018,7 +1155,7 @@ fn metrics_row(src: &VersionRecord, series: &BTreeMap<String, (Vec<u64>, Vec<f64
     record.series = series.iter().map(|(k, (i, v))| SeriesEntry { name: k.clone(), iters: i.clone(), values: v.clone() }).collect();
     record.hyper.retain(|h| !series.contains_key(&h.key));
     record.extra.retain(|h| !series.contains_key(&h.key));
-    Row { id: None, record, net: OnceCell::from(None), matched: Vec::new(), kept: None, derived: None, committed: false }
+    Row { net: OnceCell::from(None), ..Row::full(None, record) }
 }
 
 struct CatalogWeights<'c>(&'c dyn Catalog);

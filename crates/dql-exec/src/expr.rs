@@ -415,10 +415,18 @@ impl From<&Lit> for Val {
     }
 }
 
-/// What evaluation needs to know about a row.
+/// What evaluation needs to know about a row. The attributes come from the version's summary;
+/// [`RowView::record`] (the full record, for metadata) may have to be read.
 pub(crate) trait RowView {
-    fn record(&self) -> &VersionRecord;
+    fn record(&self) -> Result<&VersionRecord, ExecError>;
     fn id(&self) -> Option<&str>;
+    fn name(&self) -> &str;
+    fn created_ms(&self) -> i64;
+    fn message(&self) -> &str;
+    fn author(&self) -> &str;
+    fn param_count(&self) -> u64;
+    /// The layer count a stored version's record carries.
+    fn stored_layers(&self) -> Option<u32>;
     /// The network, loaded on first use.
     fn net(&self) -> Result<Option<&Net>, ExecError>;
 }
@@ -437,24 +445,23 @@ pub(crate) fn meta_value(r: &VersionRecord, key: &str) -> Option<(String, Option
 }
 
 fn value(o: &COp, row: &dyn RowView) -> Result<Val, ExecError> {
-    let r = row.record();
     Ok(match o {
         COp::Lit(l) => Val::from(l),
         COp::List(_) => Val::Null,
-        COp::Meta(k) => match meta_value(r, k) {
+        COp::Meta(k) => match meta_value(row.record()?, k) {
             Some((text, num)) => Val::Meta { text, num },
             None => Val::Null,
         },
         COp::Attr(a, _) => match a {
-            Attr::Name => Val::Text(r.name.clone()),
+            Attr::Name => Val::Text(row.name().to_string()),
             Attr::Id => row.id().map_or(Val::Null, |id| Val::Text(id.to_string())),
-            Attr::Created => Val::Time(r.created_ms),
-            Attr::Message => Val::Text(r.message.clone()),
-            Attr::Author => Val::Text(r.author.clone()),
-            Attr::Parameters => Val::Num(r.param_count() as f64),
+            Attr::Created => Val::Time(row.created_ms()),
+            Attr::Message => Val::Text(row.message().to_string()),
+            Attr::Author => Val::Text(row.author().to_string()),
+            Attr::Parameters => Val::Num(row.param_count() as f64),
             // Stored versions carry the layer count in the record; new ones have their net.
-            Attr::Layers => match &r.network {
-                Some(n) => Val::Num(n.layers as f64),
+            Attr::Layers => match row.stored_layers() {
+                Some(n) => Val::Num(n as f64),
                 None => row.net()?.map_or(Val::Null, |net| Val::Num(net.len() as f64)),
             },
         },

@@ -3,10 +3,12 @@
 //! A query runs in three steps. **Plan**: the `where` clause is compiled against the row
 //! variables (attributes resolved, literals typed and checked, patterns compiled, templates
 //! looked up, `$N` checked against the selector's captures); predicates on name, creation time
-//! and numeric metadata are pushed down to the catalogue's indexes. **Filter**: candidate
-//! records are read and checked, graph-free predicates first, so that no network is loaded for
-//! a version that its name, date or metadata already rule out; networks are parsed once per
-//! DAG object and shared between the versions that have the same one. **Act**: `slice`,
+//! and numeric metadata are pushed down to the catalogue's indexes. **Filter**: candidates are
+//! read as summaries (name, times, message, author, DAG object, counts; see
+//! [`Catalog::summary`]) and checked, graph-free predicates first, so that no network is loaded
+//! for a version that its name, date or metadata already rule out; the full record is decoded
+//! only when a metadata predicate or an action needs it; networks are read by object id, parsed
+//! once per DAG object, and the graph part of the filter is evaluated once per DAG object. **Act**: `slice`,
 //! `construct` and `evaluate` make new versions (in memory), recorded with lineage when
 //! [`ExecOptions::commit`] is set.
 //!

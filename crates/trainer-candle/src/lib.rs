@@ -15,7 +15,10 @@
 //! - [`data`]: MNIST IDX (optionally gzipped), CIFAR-10 binary batches, synthetic data.
 //! - [`Session`]: the training loop, one iteration at a time, with tests and metric series;
 //!   [`evaluate`] for test passes.
-//! - [`store`](crate::commit_child): loading versions and committing trained ones.
+//! - [`load_version`], [`solver_config`], [`commit_child`], [`commit_eval`]: the repository side.
+//! - [`CandleTrainer`]: dql-exec's `Trainer` for DQL `evaluate`.
+//! - Hot layers as our own CPU ops with their own backward: convolution ([`conv2d_cpu`], im2col
+//!   + gemm, no input gradient for data) and Caffe pooling ([`pool`]).
 //!
 //! # Invariants
 //!

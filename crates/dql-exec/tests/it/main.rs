@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 
 use dlv_graph::Net;
-use dlv_store::{HyperEntry, NetworkRef, Repository, TensorEntry, VersionRecord};
+use dlv_store::{HyperEntry, NetworkRef, Repository, TensorEntry, VersionRecord, VersionSummary};
 use dql_exec::{Catalog, ExecError, ExecOptions, Executor, Output, Pushdown, StoreCatalog};
 
 pub const ALEXNET: &str = include_str!("../../../../testdata/nets/alexnet.prototxt");
@@ -151,17 +151,35 @@ impl Fixture {
     }
 }
 
-/// A catalogue that counts what the executor reads from it.
+/// A catalogue that counts what the executor reads from it. `plain` hides the summary index
+/// and reading networks by object (as a catalogue without them, like the hub's).
 pub struct Counting<C> {
     pub inner: C,
+    pub plain: bool,
     pub networks: Cell<usize>,
     pub records: Cell<usize>,
+    pub summaries: Cell<usize>,
+    /// Names of the versions whose network was read through their record (`network`).
     pub loaded_names: std::cell::RefCell<HashSet<String>>,
+    /// DAG objects read by id (`network_object`).
+    pub loaded_dags: std::cell::RefCell<HashSet<String>>,
 }
 
 impl<C: Catalog> Counting<C> {
     pub fn new(inner: C) -> Self {
-        Counting { inner, networks: Cell::new(0), records: Cell::new(0), loaded_names: Default::default() }
+        Counting {
+            inner,
+            plain: false,
+            networks: Cell::new(0),
+            records: Cell::new(0),
+            summaries: Cell::new(0),
+            loaded_names: Default::default(),
+            loaded_dags: Default::default(),
+        }
+    }
+
+    pub fn plain(inner: C) -> Self {
+        Counting { plain: true, ..Counting::new(inner) }
     }
 }
 
@@ -177,6 +195,21 @@ impl<C: Catalog> Catalog for Counting<C> {
         self.networks.set(self.networks.get() + 1);
         self.loaded_names.borrow_mut().insert(r.name.clone());
         self.inner.network(id, r)
+    }
+    fn summary(&self, id: &str) -> Result<Option<VersionSummary>, ExecError> {
+        if self.plain {
+            return Ok(None);
+        }
+        self.summaries.set(self.summaries.get() + 1);
+        self.inner.summary(id)
+    }
+    fn network_object(&self, dag: &str) -> Result<Option<Net>, ExecError> {
+        if self.plain {
+            return Ok(None);
+        }
+        self.networks.set(self.networks.get() + 1);
+        self.loaded_dags.borrow_mut().insert(dag.to_string());
+        self.inner.network_object(dag)
     }
     fn metadata_keys(&self) -> Result<Option<HashSet<String>>, ExecError> {
         self.inner.metadata_keys()

@@ -25,6 +25,32 @@ fn query1_selects_exactly_and_loads_only_surviving_graphs() {
     let names: Vec<&str> = out.rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["alexnet_v1"]);
     assert_eq!(out.rows[0].matched, ["pool5"]);
+    assert_eq!(out.stats.pushed_down.len(), 2, "{:?}", out.stats.pushed_down);
+    assert_eq!(out.stats.candidates, 5);
+    // The summary index answers name, date and the DAG object: no record is decoded at all,
+    // and each distinct network is read once, by object id.
+    assert_eq!(cat.summaries.get(), 5);
+    assert_eq!(cat.records.get(), 0);
+    assert_eq!(out.stats.records_read, 0);
+    let dag = |name: &str| f.repo.get(&id_of(&f, name)).expect("record").network.expect("net").dag;
+    let want: HashSet<String> = ["alexnet-origin", "alexnet_v1", "alexnet-avgv1"].iter().map(|n| dag(n)).collect();
+    assert_eq!(*cat.loaded_dags.borrow(), want);
+    assert_eq!(cat.networks.get(), 3);
+    assert!(cat.loaded_names.borrow().is_empty());
+    // Layers and tensors of the result row come from the summary too.
+    let full = f.repo.get(&id_of(&f, "alexnet_v1")).expect("record");
+    assert_eq!(out.rows[0].layers, full.network.as_ref().map(|n| n.layers as usize));
+    assert_eq!(out.rows[0].tensors, full.tensors.len());
+}
+
+#[test]
+fn query1_without_summaries_reads_records_and_agrees() {
+    let f = Fixture::alexnets();
+    let cat = Counting::plain(StoreCatalog::new(&f.repo));
+    let out = Executor::new(&cat, ExecOptions::default()).run_text(Q1).expect("runs");
+    let names: Vec<&str> = out.rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["alexnet_v1"]);
+    assert_eq!(out.rows[0].matched, ["pool5"]);
     // Name and date went to the indexes: lenet (name) and alexnet_v2 (date) were never read;
     // `alexnet` (no character after the prefix) was read but its graph was not loaded.
     assert_eq!(out.stats.pushed_down.len(), 2, "{:?}", out.stats.pushed_down);
@@ -265,4 +291,59 @@ fn unindexed_versions_are_still_found_and_reindex_restores_pushdown() {
     f.add("vgg", "2016-01-01", crate::LENET, &[("base_lr", 0.5)]);
     assert!(f.repo.unindexed().expect("tail").is_empty());
     assert_eq!(f.run("select m where m.base_lr > 0.015").expect("runs").stats.candidates, 3);
+}
+
+#[test]
+fn summaries_agree_with_records_indexed_or_not() {
+    let f = Fixture::alexnets();
+    let ids = f.repo.ids().expect("ids");
+    let check = || {
+        for id in &ids {
+            let record = f.repo.get(id).expect("record");
+            assert_eq!(f.repo.summary(id).expect("summary"), dlv_store::VersionSummary::of(&record));
+        }
+    };
+    check();
+    // Past the watermark (no summary entry) the record answers, and queries agree.
+    f.repo.clear_index().expect("clear");
+    check();
+    let cat = Counting::new(StoreCatalog::new(&f.repo));
+    let out = Executor::new(&cat, ExecOptions::default()).run_text(Q1).expect("runs");
+    assert_eq!(out.rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["alexnet_v1"]);
+    f.repo.rebuild_index().expect("rebuild");
+    check();
+}
+
+#[test]
+fn metadata_predicates_read_only_the_candidates_records() {
+    let f = Fixture::alexnets();
+    let cat = Counting::new(StoreCatalog::new(&f.repo));
+    let out = Executor::new(&cat, ExecOptions::default()).run_text("select m where m.base_lr > 0.015 and m.author != \"nobody\"").expect("runs");
+    let mut names: Vec<&str> = out.rows.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["alexnet-avgv1", "alexnet_v2"]);
+    assert_eq!(out.stats.candidates, 2);
+    assert_eq!(cat.records.get(), 2);
+    assert_eq!(out.stats.records_read, 2);
+    assert_eq!(cat.networks.get(), 0);
+}
+
+#[test]
+fn more_bad_queries_give_clear_errors() {
+    let f = Fixture::alexnets();
+    let cases: [(&str, &[&str]); 7] = [
+        ("select m where m.creation_time > 3", &["type mismatch", "`m.creation_time` is a time", "the number 3"]),
+        (r#"select m where m.layers = "many""#, &["type mismatch", "`m.layers` is a number", "the text \"many\""]),
+        (r#"select m where m.parameters like "1%""#, &["type mismatch", "`m.parameters` is a number"]),
+        (r#"select m where m.colour = "red""#, &["unknown attribute `m.colour`", "base_lr"]),
+        (r#"construct n from m mutate m["conv1"].insert = FOO("x")"#, &["unknown template `FOO`", "RELU"]),
+        (r#"construct n from m mutate m["conv1"].insert = RELU("relu$1")"#, &["`$1`", "never bound", "0 capture group"]),
+        (r#"select m where m["relu$1"] has RELU"#, &["1:18", "literal dollar"]),
+    ];
+    for (q, wants) in cases {
+        let e = f.error(q);
+        for w in wants {
+            assert!(e.contains(w), "{q}: {e:?} lacks {w:?}");
+        }
+    }
 }
