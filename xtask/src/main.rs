@@ -17,6 +17,9 @@ commands:
   bench [commit|storage|dql|train|hub|all]
                        benchmarks: commit/checkout of 1 GiB vs cp; archival storage of
                        checkpoint series (ratios vs git-lfs/DVC, zstd, reference recipe)
+  fuzz [SECONDS]       fuzz smoke run of every parser (DQL, prototxt, weights readers): cargo fuzz
+                       for SECONDS each (default 30) when a nightly toolchain and cargo-fuzz are
+                       installed; otherwise the deterministic no-panic corpora at 20x scale
   deps                 check that crates only depend downward (docs/ARCHITECTURE.md)";
 
 fn main() -> Result<()> {
@@ -26,6 +29,7 @@ fn main() -> Result<()> {
         Some("gen-testdata") => testdata::generate(),
         Some("bench") => bench::run(&args[1..]),
         Some("deps") => deps(),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -92,4 +96,55 @@ fn deps() -> Result<()> {
     } else {
         bail!("edges not allowed by docs/ARCHITECTURE.md: {}", bad.join(", "))
     }
+}
+
+/// Fuzz targets: (fuzz dir relative to the root, target names).
+const FUZZ: &[(&str, &[&str])] = &[
+    ("crates/dql-parse/fuzz", &["parse"]),
+    ("crates/dlv-graph/fuzz", &["prototxt"]),
+    ("crates/dlv-store/fuzz", &["safetensors", "caffemodel", "torch", "npz"]),
+];
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let secs: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let have_fuzz = std::process::Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have_fuzz {
+        for (dir, targets) in FUZZ {
+            for t in *targets {
+                println!("fuzzing {dir} {t} for {secs} s");
+                let status = std::process::Command::new("cargo")
+                    .current_dir(root().join(dir))
+                    .args(["+nightly", "fuzz", "run", t, "--", &format!("-max_total_time={secs}")])
+                    .status()?;
+                if !status.success() {
+                    bail!("fuzz target {t} in {dir} found a crash (see its artifacts/ folder)");
+                }
+            }
+        }
+        return Ok(());
+    }
+    println!("note: no nightly toolchain with cargo-fuzz here; running the deterministic no-panic corpora at 20x scale instead");
+    let status = std::process::Command::new(&cargo)
+        .current_dir(root())
+        .env("DQL_NO_PANIC_SCALE", "20")
+        .args(["test", "--quiet", "-p", "dql-parse", "--test", "it", "no_panic"])
+        .status()?;
+    if !status.success() {
+        bail!("dql-parse no-panic corpus failed");
+    }
+    for (pkg, test, filter) in [("dlv-graph", "it", "never_panic"), ("dlv-store", "formats", "never_panic")] {
+        let status = std::process::Command::new(&cargo)
+            .current_dir(root())
+            .args(["test", "--quiet", "-p", pkg, "--test", test, filter])
+            .status()?;
+        if !status.success() {
+            bail!("{pkg} no-panic tests failed");
+        }
+    }
+    Ok(())
 }
