@@ -10,6 +10,7 @@ use dlv_graph::{Footprint, Net, NodeId, Phase, ShapeInfo};
 use dlv_store::{short, DType, Precision, Repository, TensorEntry, VersionRecord};
 use serde::Serialize;
 use serde_json::json;
+use trainer_candle::{forward_sample, ForwardSample};
 
 use crate::output::{bytes, time};
 use crate::{html, Cli, DescArgs};
@@ -505,14 +506,34 @@ pub struct FootprintReport {
     pub memory_bytes: u64,
     pub flops: u64,
     pub flops_complete: bool,
-    /// Measured forward time per batch on the CPU; null while no forward pass is available.
+    /// Measured forward time per batch on the CPU; null when not measured (`forward_note` says why).
     pub forward_ms_per_batch: Option<f64>,
-    pub forward_note: &'static str,
+    pub forward_note: String,
 }
 
-pub const NO_FORWARD: &str = "not measured: this build has no forward pass (trainer-candle) to time";
+/// A timed forward pass of the version (trainer-candle), or why there is none.
+pub type ForwardResult = std::result::Result<ForwardSample, String>;
 
+/// Note of a measured forward time (deterministic, so that snapshots only redact the number).
+pub fn measured_note(f: &ForwardSample) -> String {
+    format!("measured on the CPU: TEST phase, batch {}, pseudo-random input, mean of timed passes after a warm-up", f.batch)
+}
+
+/// Runs the version's network once on a pseudo-random input (batch of the footprint) and times
+/// it; the error is the reason, worded for "not measured: REASON".
+pub fn measure_forward(repo: &Repository, l: &Loaded) -> ForwardResult {
+    let Some(net) = &l.net else { return Err("the version has no network".into()) };
+    let batch = l.footprint.as_ref().and_then(|f| f.batch).unwrap_or(1);
+    forward_sample(repo, &l.record, net, None, batch).map_err(|e| e.to_string())
+}
+
+/// The footprint without a forward measurement (`dlv diff`).
 pub fn footprint_report(l: &Loaded) -> Option<FootprintReport> {
+    footprint_with(l, None)
+}
+
+/// `forward`: the measurement, if one was tried.
+pub fn footprint_with(l: &Loaded, forward: Option<&ForwardResult>) -> Option<FootprintReport> {
     let fp = l.footprint.as_ref()?;
     let params = if l.record.tensors.is_empty() { fp.params } else { l.record.param_count() };
     let param_bytes = if l.record.tensors.is_empty() {
@@ -521,6 +542,11 @@ pub fn footprint_report(l: &Loaded) -> Option<FootprintReport> {
         l.record.weight_bytes()
     };
     let activation_bytes = fp.activations.saturating_mul(dlv_graph::VALUE_BYTES);
+    let (forward_ms_per_batch, forward_note) = match forward {
+        Some(Ok(f)) => (Some(f.seconds_per_batch * 1000.0), measured_note(f)),
+        Some(Err(why)) => (None, format!("not measured: {why}")),
+        None => (None, "not measured by dlv diff (dlv desc measures it)".to_string()),
+    };
     Some(FootprintReport {
         parameters: params,
         parameter_bytes: param_bytes,
@@ -530,8 +556,8 @@ pub fn footprint_report(l: &Loaded) -> Option<FootprintReport> {
         memory_bytes: activation_bytes.saturating_add(param_bytes),
         flops: fp.flops,
         flops_complete: fp.flops_complete,
-        forward_ms_per_batch: None,
-        forward_note: NO_FORWARD,
+        forward_ms_per_batch,
+        forward_note,
     })
 }
 
@@ -580,14 +606,21 @@ pub fn run(cli: &Cli, start: &Path, args: &DescArgs, out: &mut dyn Write) -> Res
     let repo = Repository::open(start)?;
     let l = Loaded::load(&repo, &rev)?;
     let stats: Vec<WeightStats> = l.record.tensors.iter().map(|t| weight_stats(&repo, t)).collect::<Result<_>>()?;
+    if let (Some(name), Some(net)) = (&args.layer, &l.net) {
+        if !net.nodes().any(|n| &n.name == name) {
+            bail!("--layer {name}: the network of {} has no layer of that name", l.label());
+        }
+    }
+    let forward: ForwardResult =
+        if args.no_forward { Err("skipped (--no-forward)".into()) } else { measure_forward(&repo, &l) };
     match format {
         Format::Json => {
-            let v = desc_json(&repo, &l, &stats)?;
+            let v = desc_json(&repo, &l, &stats, &forward)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         }
-        Format::Text => desc_text(&repo, &l, &stats, out)?,
+        Format::Text => desc_text(&repo, &l, &stats, &forward, out)?,
         Format::Html(path) => {
-            let doc = html::desc_page(&repo, &l, &stats)?;
+            let doc = html::desc_page(&repo, &l, &stats, &forward, args.layer.as_deref())?;
             write_html(&path, &doc, out)?;
             if !cli.quiet && path != Path::new("-") {
                 eprintln!("wrote {}", path.display());
@@ -598,7 +631,7 @@ pub fn run(cli: &Cli, start: &Path, args: &DescArgs, out: &mut dyn Write) -> Res
 }
 
 /// The record's own fields (as `dlv desc --json` always gave them) plus the derived ones.
-fn desc_json(repo: &Repository, l: &Loaded, stats: &[WeightStats]) -> Result<serde_json::Value> {
+fn desc_json(repo: &Repository, l: &Loaded, stats: &[WeightStats], forward: &ForwardResult) -> Result<serde_json::Value> {
     let r = &l.record;
     let mut v = serde_json::to_value(r)?;
     let children = repo.children_of(&l.id)?;
@@ -623,14 +656,14 @@ fn desc_json(repo: &Repository, l: &Loaded, stats: &[WeightStats]) -> Result<ser
         obj.insert("parameters".into(), json!(r.param_count()));
         obj.insert("weight_bytes".into(), json!(r.weight_bytes()));
         obj.insert("layers".into(), serde_json::to_value(l.layers())?);
-        obj.insert("footprint".into(), serde_json::to_value(footprint_report(l))?);
+        obj.insert("footprint".into(), serde_json::to_value(footprint_with(l, Some(forward)))?);
         obj.insert("metrics".into(), serde_json::to_value(metric_summaries(r))?);
         obj.insert("weight_stats".into(), serde_json::to_value(stats)?);
     }
     Ok(v)
 }
 
-fn desc_text(repo: &Repository, l: &Loaded, stats: &[WeightStats], out: &mut dyn Write) -> Result<()> {
+fn desc_text(repo: &Repository, l: &Loaded, stats: &[WeightStats], forward: &ForwardResult, out: &mut dyn Write) -> Result<()> {
     let r = &l.record;
     writeln!(out, "version  {}", l.label())?;
     writeln!(out, "id       {}", l.id)?;
@@ -680,7 +713,7 @@ fn desc_text(repo: &Repository, l: &Loaded, stats: &[WeightStats], out: &mut dyn
         t.write(out)?;
     }
 
-    if let Some(f) = footprint_report(l) {
+    if let Some(f) = footprint_with(l, Some(forward)) {
         let batch = f.batch.map(|b| b.to_string()).unwrap_or_else(|| "?".into());
         writeln!(out, "\nfootprint (batch {batch}, fp32)")?;
         let mut t = Table::new(2);
@@ -691,7 +724,11 @@ fn desc_text(repo: &Repository, l: &Loaded, stats: &[WeightStats], out: &mut dyn
         ]);
         let bound = if f.flops_complete { "" } else { " (at least: some layers unknown)" };
         t.row(["FLOPs per batch".to_string(), format!("{} ({}){bound}", si(f.flops), f.flops)]);
-        t.row(["forward time".to_string(), f.forward_note.to_string()]);
+        let ft = match f.forward_ms_per_batch {
+            Some(ms) => format!("{} ms per batch ({})", sig(ms), f.forward_note),
+            None => f.forward_note.clone(),
+        };
+        t.row(["forward time".to_string(), ft]);
         t.write(out)?;
     }
 

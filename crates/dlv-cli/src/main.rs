@@ -131,6 +131,12 @@ pub struct DescArgs {
     /// File for html output (same as the FILE of --output html FILE).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Layer whose activation maps the html report draws (default: the first convolution).
+    #[arg(long, value_name = "NAME")]
+    pub layer: Option<String>,
+    /// Do not run the network to time a forward pass (and draw no activations).
+    #[arg(long)]
+    pub no_forward: bool,
 }
 
 #[derive(Debug, Args)]

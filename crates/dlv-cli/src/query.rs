@@ -36,6 +36,13 @@ pub struct QueryArgs {
     /// Also print the plan: pushed-down predicates, candidates, records and graphs read.
     #[arg(long)]
     pub explain: bool,
+    /// Data folder (MNIST IDX or CIFAR-10 binary) for `evaluate` runs whose config and grid name
+    /// none; with it, `evaluate` trains with the candle backend.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Test each rung of `evaluate` on the first N test examples only (default: all).
+    #[arg(long = "test-limit", value_name = "N", requires = "data")]
+    pub test_limit: Option<usize>,
 }
 
 pub fn query(cli: &Cli, start: &Path, args: &QueryArgs, out: &mut dyn Write) -> Result<()> {
@@ -61,7 +68,16 @@ pub fn query(cli: &Cli, start: &Path, args: &QueryArgs, out: &mut dyn Write) -> 
         result_name: args.result_name.clone(),
         naive: false,
     };
-    let exec = Executor::new(&catalog, opts);
+    // Without --data no trainer is attached, and `evaluate` says it needs one.
+    let trainer = args.data.as_ref().map(|d| {
+        let mut t = trainer_candle::CandleTrainer::new(Some(d.clone()));
+        t.test_limit = args.test_limit;
+        t
+    });
+    let mut exec = Executor::new(&catalog, opts);
+    if let Some(t) = &trainer {
+        exec = exec.with_trainer(t);
+    }
     if let Some(name) = &args.save {
         exec.save(name, &text).map_err(user)?;
         if cli.json {
@@ -84,6 +100,7 @@ pub fn query(cli: &Cli, start: &Path, args: &QueryArgs, out: &mut dyn Write) -> 
 fn user(e: ExecError) -> anyhow::Error {
     match e {
         ExecError::Store(s) => anyhow::Error::from(s),
+        ExecError::NoTrainer => anyhow::anyhow!("evaluate needs a trainer: give --data DIR (the training data) to run it with the candle backend"),
         other => anyhow::Error::from(other),
     }
 }

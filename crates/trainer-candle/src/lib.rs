@@ -14,7 +14,8 @@
 //!   overrides.
 //! - [`data`]: MNIST IDX (optionally gzipped), CIFAR-10 binary batches, synthetic data.
 //! - [`Session`]: the training loop, one iteration at a time, with tests and metric series;
-//!   [`evaluate`] for test passes.
+//!   [`evaluate`] for test passes; [`forward_sample`] times a forward pass and returns every
+//!   blob's activations as plain data (`dlv desc`).
 //! - [`load_version`], [`solver_config`], [`commit_child`], [`commit_eval`]: the repository side.
 //! - [`CandleTrainer`]: dql-exec's `Trainer` for DQL `evaluate`.
 //! - Hot layers as our own CPU ops with their own backward: convolution ([`conv2d_cpu`], im2col
@@ -38,6 +39,7 @@ mod model;
 mod params;
 mod pool;
 mod rng;
+mod sample;
 mod session;
 mod solver;
 mod store;
@@ -52,6 +54,7 @@ pub use model::{
 };
 pub use pool::{pool, pool_generic, pooled_len, PoolMethod, PoolSpec};
 pub use rng::Rng;
+pub use sample::{forward_sample, BlobSample, ForwardSample, SAMPLE_VALUES_LIMIT};
 pub use session::{device, evaluate, ActivationStats, EvalStats, Series, Session, SessionOptions, StepStats};
 pub use solver::{HyperItem, LrPolicy, Solver, SolverConfig, SolverKind};
 pub use store::{commit_child, commit_eval, hyper_items, load_version, solver_config, write_safetensors, CommitInfo, LoadedVersion};

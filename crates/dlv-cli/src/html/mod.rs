@@ -14,7 +14,7 @@ use dlv_graph::NodeId;
 use dlv_store::{short, Repository, TensorEntry};
 
 use crate::desc::{
-    footprint_report, histogram, metric_summaries, outputs_str, read_small, shape_str, si, sig, Loaded, WeightStats,
+    footprint_with, histogram, ForwardResult, metric_summaries, outputs_str, read_small, shape_str, si, sig, Loaded, WeightStats,
 };
 use crate::diff::{letter, DiffReport};
 use crate::output::{bytes, time};
@@ -86,7 +86,7 @@ fn points(s: &dlv_store::SeriesEntry) -> Vec<(f64, f64)> {
 // ---------------------------------------------------------------------------------------------
 // desc
 
-pub fn desc_page(repo: &Repository, l: &Loaded, stats: &[WeightStats]) -> Result<String> {
+pub fn desc_page(repo: &Repository, l: &Loaded, stats: &[WeightStats], forward: &ForwardResult, layer: Option<&str>) -> Result<String> {
     let r = &l.record;
     let mut b = String::new();
 
@@ -104,7 +104,7 @@ pub fn desc_page(repo: &Repository, l: &Loaded, stats: &[WeightStats]) -> Result
     b.push_str("</table></section>\n");
 
     // Footprint.
-    if let Some(f) = footprint_report(l) {
+    if let Some(f) = footprint_with(l, Some(forward)) {
         b.push_str("<section id=\"footprint\"><h2>Execution footprint</h2><table>");
         let batch = f.batch.map(|x| x.to_string()).unwrap_or_else(|| "?".into());
         let _ = write!(b, "<tr><th>batch</th><td>{batch}</td></tr>");
@@ -118,7 +118,14 @@ pub fn desc_page(repo: &Repository, l: &Loaded, stats: &[WeightStats]) -> Result
         );
         let bound = if f.flops_complete { "" } else { " (at least; some layers unknown)" };
         let _ = write!(b, "<tr><th>FLOPs per batch</th><td>{} ({}){bound}</td></tr>", si(f.flops), f.flops);
-        let _ = write!(b, "<tr><th>forward time</th><td class=\"muted\">{}</td></tr>", esc(f.forward_note));
+        match f.forward_ms_per_batch {
+            Some(ms) => {
+                let _ = write!(b, "<tr><th>forward time</th><td>{} ms per batch <span class=\"muted\">({})</span></td></tr>", sig(ms), esc(&f.forward_note));
+            }
+            None => {
+                let _ = write!(b, "<tr><th>forward time</th><td class=\"muted\">{}</td></tr>", esc(&f.forward_note));
+            }
+        }
         b.push_str("</table></section>\n");
     }
 
@@ -230,9 +237,7 @@ pub fn desc_page(repo: &Repository, l: &Loaded, stats: &[WeightStats]) -> Result
             b.push_str("</section>\n");
         }
 
-        b.push_str(
-            "<section id=\"activations\"><h2>Activations</h2><p class=\"muted\">Activation maps of a sample input need a forward pass; this build has none (trainer-candle), so none are shown.</p></section>\n",
-        );
+        activations_section(&mut b, net, l, forward, layer)?;
     } else if !stats.is_empty() {
         b.push_str("<section id=\"weights\"><h2>Weights</h2><div class=\"charts\">");
         for (t, s) in r.tensors.iter().zip(stats) {
@@ -324,6 +329,61 @@ pub fn desc_page(repo: &Repository, l: &Loaded, stats: &[WeightStats]) -> Result
 
 // ---------------------------------------------------------------------------------------------
 // diff
+
+/// Activation maps of `layer` (default: the first convolution) for the forward pass's sample
+/// input, one grey tile per channel, each scaled to its own range.
+fn activations_section(b: &mut String, net: &dlv_graph::Net, l: &Loaded, forward: &ForwardResult, layer: Option<&str>) -> Result<()> {
+    b.push_str("<section id=\"activations\"><h2>Activations</h2>");
+    let chosen = match layer {
+        Some(name) => net.nodes().find(|n| n.name == name),
+        None => l.order.iter().filter_map(|&id| net.node(id)).find(|n| n.layer_type == "Convolution"),
+    };
+    match (forward, chosen) {
+        (Err(why), _) => {
+            let _ = write!(b, "<p class=\"muted\">Activation maps need a forward pass of a sample input; not measured: {}.</p>", esc(why));
+        }
+        (Ok(_), None) => {
+            b.push_str("<p class=\"muted\">No convolution to draw the activations of (choose a layer with --layer NAME).</p>");
+        }
+        (Ok(f), Some(node)) => {
+            let blob = node.tops.first().and_then(|top| f.blobs.iter().find(|s| &s.name == top));
+            match blob {
+                Some(s) => {
+                    let dims = &s.shape;
+                    let (c, h, w) = match dims.len() {
+                        4 => (dims[1], dims[2], dims[3]),
+                        3 => (dims[1], 1, dims[2]),
+                        _ => (1, 1, dims.get(1..).map(|d| d.iter().product()).unwrap_or(0)),
+                    };
+                    let img = if s.first.len() == c * h * w && !s.first.is_empty() { images::filter_mosaic(&[c, 1, h, w], &s.first)? } else { None };
+                    match img {
+                        Some((uri, n)) => {
+                            let _ = write!(
+                                b,
+                                "<p>{} ({}, output {}): {n} of {c} channel(s) for the first example of a pseudo-random input, each scaled to its own range (batch min {}, max {}, mean {}).</p><img class=\"filters\" alt=\"activations of {}\" src=\"{uri}\">",
+                                esc(&node.name),
+                                esc(&node.layer_type),
+                                shape_str(dims),
+                                sig(f64::from(s.min)),
+                                sig(f64::from(s.max)),
+                                sig(f64::from(s.mean)),
+                                esc(&node.name)
+                            );
+                        }
+                        None => {
+                            let _ = write!(b, "<p class=\"muted\">{} has an output of shape {} that is not drawn.</p>", esc(&node.name), shape_str(dims));
+                        }
+                    }
+                }
+                None => {
+                    let _ = write!(b, "<p class=\"muted\">{} produced no output in the TEST phase.</p>", esc(&node.name));
+                }
+            }
+        }
+    }
+    b.push_str("</section>\n");
+    Ok(())
+}
 
 pub fn diff_page(_repo: &Repository, loaded: &[Loaded], r: &DiffReport) -> Result<String> {
     let n = r.versions.len();

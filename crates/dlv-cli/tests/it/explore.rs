@@ -111,6 +111,32 @@ fn explore_repo() -> Scratch {
     s
 }
 
+/// Replaces the measured forward time (text line and JSON field) by `<ms>`: timings vary.
+fn redact_timing(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let (head, rest) = if let Some(i) = line.find("\"forward_ms_per_batch\": ") {
+            line.split_at(i + "\"forward_ms_per_batch\": ".len())
+        } else if let Some(i) = line.find("forward time").filter(|_| line.contains(" ms per batch")) {
+            let after = i + "forward time".len();
+            let skip = line[after..].len() - line[after..].trim_start().len();
+            line.split_at(after + skip)
+        } else {
+            out.push_str(line);
+            continue;
+        };
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-')).unwrap_or(rest.len());
+        if n == 0 || rest.starts_with("null") {
+            out.push_str(line);
+        } else {
+            out.push_str(head);
+            out.push_str("<ms>");
+            out.push_str(&rest[n..]);
+        }
+    }
+    out
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -119,7 +145,7 @@ fn json(text: &str) -> serde_json::Value {
 fn desc_text_and_json() {
     let s = explore_repo();
     let text = s.ok(&["desc", "lenet~1"]);
-    insta::assert_snapshot!("desc_text", redact(&s, &text));
+    insta::assert_snapshot!("desc_text", redact_timing(&redact(&s, &text)));
     let out = s.ok(&["desc", "lenet~1", "--output", "json"]);
     let v = json(&out);
     // Field names that machines rely on.
@@ -127,12 +153,17 @@ fn desc_text_and_json() {
         assert!(v.get(key).is_some(), "desc --json lacks {key}");
     }
     assert_eq!(v["footprint"]["parameters"], 431_080);
-    assert_eq!(v["footprint"]["forward_ms_per_batch"], serde_json::Value::Null);
+    let ms = v["footprint"]["forward_ms_per_batch"].as_f64().expect("forward time measured");
+    assert!(ms > 0.0 && ms.is_finite(), "{ms}");
     assert_eq!(v["layers"][1]["attributes"]["kernel_size"], "5");
-    insta::assert_snapshot!("desc_json", redact(&s, &out));
-    // `--json`, and the option before the ref, give the same.
-    assert_eq!(s.ok(&["desc", "lenet~1", "--json"]), out);
-    assert_eq!(s.ok(&["desc", "--output", "json", "lenet~1"]), out);
+    insta::assert_snapshot!("desc_json", redact_timing(&redact(&s, &out)));
+    // `--json`, and the option before the ref, give the same (timings aside).
+    assert_eq!(redact_timing(&s.ok(&["desc", "lenet~1", "--json"])), redact_timing(&out));
+    assert_eq!(redact_timing(&s.ok(&["desc", "--output", "json", "lenet~1"])), redact_timing(&out));
+    // Without a forward pass the footprint says why.
+    let skipped = json(&s.ok(&["desc", "lenet~1", "--json", "--no-forward"]));
+    assert_eq!(skipped["footprint"]["forward_ms_per_batch"], serde_json::Value::Null);
+    assert!(skipped["footprint"]["forward_note"].as_str().is_some_and(|n| n.starts_with("not measured: ")), "{skipped}");
 }
 
 #[test]
@@ -229,6 +260,14 @@ fn html_reports_are_self_contained() {
             assert!(!doc.contains(attr), "a report must not load anything from the network ({attr})");
         }
     }
+    // Activation maps of the first convolution, or of the layer asked for.
+    let acts = &d[d.find("id=\"activations\"").expect("activations")..];
+    assert!(acts.contains("conv1 (Convolution, output 1x20x24x24)") && acts.contains("alt=\"activations of conv1\""), "{acts}");
+    s.ok(&["desc", "lenet~1", "--output", "html", "pool2.html", "--layer", "pool2"]);
+    let p = std::fs::read_to_string(s.path().join("pool2.html")).expect("pool2.html");
+    assert!(p.contains("alt=\"activations of pool2\""));
+    let err = s.fails(&["desc", "lenet~1", "--layer", "nope"], 1);
+    assert!(err.contains("no layer of that name"), "{err}");
     // `--out FILE` and `-` (stdout) work too.
     s.ok(&["desc", "lenet", "--output", "html", "--out", "other.html"]);
     assert!(s.path().join("other.html").exists());

@@ -180,7 +180,7 @@ fn spec_queries_run_as_written() {
     let order: Vec<&str> = desc.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| ["conv1", "relu1", "pool1", "conv5", "relu5", "pool5"].contains(w)).collect();
     assert_eq!(order, ["conv1", "relu1", "pool1", "conv5", "relu5", "pool5"], "{desc}");
 
-    // Query 4 parses; with no trainer in this build it says so.
+    // Query 4 parses; without --data there is no trainer, and it says so.
     s.ok(&["query", "--save", "query3", Q3]);
     let err = s.fails(&["query", Q4], 1);
     assert!(err.contains("needs a trainer"), "{err}");
@@ -215,4 +215,35 @@ fn query_errors_are_clear_and_exit_1() {
     assert!(err.contains("unknown saved query"), "{err}");
     let err = s.fails(&["query", "--commit", r#"construct n from m where m.name = "alexnet_v1" mutate m["data"].delete"#], 1);
     assert!(err.contains("alexnet_v1@") && err.contains("layer 'conv1'"), "{err}");
+}
+
+/// `evaluate` from the CLI with `--data`: a LeNet version with the bundled weights, two learning
+/// rates, a few iterations on the bundled digits (seconds in a debug build).
+#[test]
+fn evaluate_runs_with_data() {
+    let s = Scratch::new();
+    s.ok(&["init"]);
+    s.copy_testdata("nets/lenet_train_test.prototxt", "lenet_train_test.prototxt");
+    s.copy_testdata("weights/lenet.safetensors", "lenet.safetensors");
+    s.ok(&["add", "lenet_train_test.prototxt", "lenet.safetensors"]);
+    s.ok(&["commit", "-m", "pretrained", "--name", "lenet"]);
+    s.write("tiny.toml", "max_iter = 4\nbatch_size = 8\n");
+    let q = r#"evaluate m
+from (select x where x.name = "lenet")
+with config = "tiny.toml"
+vary config.base_lr in [0.01, 0.001]
+keep top(1, m["loss"], 2)"#;
+    let digits = testdata("data/digits").display().to_string();
+    // Without --data: the clear error.
+    let err = s.fails(&["query", q], 1);
+    assert!(err.contains("needs a trainer") && err.contains("--data"), "{err}");
+    let v = json(&s, &["query", "--json", "--data", &digits, "--test-limit", "40", q]);
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "top(1) keeps one run: {v}");
+    let loss = rows[0]["metrics"].as_array().expect("metrics").iter().find(|m| m["name"] == "loss").expect("loss metric");
+    assert!(loss["value"].as_f64().is_some_and(f64::is_finite), "{v}");
+    assert!(rows[0]["params"].as_array().expect("params").iter().any(|p| p["key"] == "base_lr"), "{v}");
+    assert_eq!(v["plan"]["runs"], 2, "{v}");
+    let table = s.ok(&["query", "--data", &digits, "--test-limit", "40", q]);
+    assert!(table.contains("METRICS") && table.contains("loss="), "{table}");
 }
