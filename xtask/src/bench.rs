@@ -6,14 +6,12 @@
 //! [`storage`]).
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::testdata::Rng;
 
 mod storage;
 
@@ -61,36 +59,7 @@ pub(crate) fn measure(cmd: &mut Command) -> Result<Measured> {
 /// Writes a safetensors file of `mb` MiB in 16 MiB F32 tensors, values like trained weights
 /// (normal, std 0.02), streamed so the generator itself stays small.
 fn generate_big(path: &Path, mb: usize) -> Result<()> {
-    let per_tensor = 16usize << 20;
-    let n_tensors = (mb << 20).div_ceil(per_tensor).max(1);
-    let elems = per_tensor / 4;
-    let mut header = serde_json::Map::new();
-    for i in 0..n_tensors {
-        header.insert(
-            format!("layer{i:03}.weight"),
-            serde_json::json!({"dtype": "F32", "shape": [elems / 1024, 1024], "data_offsets": [i * per_tensor, (i + 1) * per_tensor]}),
-        );
-    }
-    let mut h = serde_json::to_vec(&header)?;
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
-    w.write_all(&(h.len() as u64).to_le_bytes())?;
-    w.write_all(&h)?;
-    let mut rng = Rng::new(1);
-    let mut buf = Vec::with_capacity(1 << 20);
-    for _ in 0..n_tensors {
-        for _ in 0..elems / (1 << 18) {
-            buf.clear();
-            for _ in 0..(1 << 18) {
-                buf.extend_from_slice(&((rng.normal() * 0.02) as f32).to_le_bytes());
-            }
-            w.write_all(&buf)?;
-        }
-    }
-    w.flush()?;
-    Ok(())
+    crate::bench_hub::generate(path, mb, &|_, _| false).map(|_| ())
 }
 
 fn row(label: &str, m: &Measured, bytes: u64, base: &Measured) {

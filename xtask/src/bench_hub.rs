@@ -55,7 +55,7 @@ fn build_hub() -> Result<PathBuf> {
 
 /// A safetensors file of `mb` MiB in 16 MiB F32 tensors (normal, std 0.02). Tensor `i` is
 /// drawn from seed `i`, or `1000 + i` when `changed(i)`, so variants share unchanged tensors.
-fn generate(path: &Path, mb: usize, changed: &dyn Fn(usize, usize) -> bool) -> Result<usize> {
+pub(crate) fn generate(path: &Path, mb: usize, changed: &dyn Fn(usize, usize) -> bool) -> Result<usize> {
     let per_tensor = 16usize << 20;
     let n = (mb << 20).div_ceil(per_tensor).max(1);
     let elems = per_tensor / 4;
