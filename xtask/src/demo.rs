@@ -60,6 +60,8 @@ pub fn run(args: &[String]) -> Result<()> {
     dlv(&bin, &work, &["commit", "-m", "branch for experiments", "--name", "lenet-exp", "--parent", "lenet~1"])?;
 
     dlv(&bin, &work, &["list"])?;
+    dlv(&bin, &work, &["query", "select m where m.name like \"lenet%\" and m[\"conv*\"].next has POOL(\"MAX\")"])?;
+    dlv(&bin, &work, &["diff", "lenet~1", "lenet"])?;
     dlv(&bin, &work, &["desc", "lenet"])?;
     dlv(&bin, &work, &["checkout", "lenet~1", "--to", "restored"])?;
     dlv(&bin, &work, &["checkout", "lenet", "--to", "restored-bf16", "--precision", "bf16"])?;
