@@ -131,35 +131,6 @@ impl Drop for Server {
     }
 }
 
-fn files_equal(a: &Path, b: &Path) -> Result<bool> {
-    let (mut fa, mut fb) = (
-        BufReader::new(File::open(a)?),
-        BufReader::new(File::open(b)?),
-    );
-    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    loop {
-        let na = read_full(&mut fa, &mut ba)?;
-        let nb = read_full(&mut fb, &mut bb)?;
-        if na != nb || ba[..na] != bb[..nb] {
-            return Ok(false);
-        }
-        if na == 0 {
-            return Ok(true);
-        }
-    }
-}
-
-fn read_full(f: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let k = f.read(&mut buf[n..])?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    Ok(n)
-}
 
 fn mibps(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
@@ -245,7 +216,7 @@ pub fn run(_args: &[String]) -> Result<()> {
             .arg(work.join("copy2.safetensors")),
     )?;
     timed(dlv_in(&dst).args(["checkout", "big", "--to", "out", "-q"]))?;
-    let same = files_equal(&big, &dst.join("out/big.safetensors"))?;
+    let same = crate::bench::files_equal(&big, &dst.join("out/big.safetensors"))?;
 
     println!("\n== publish / pull of {} MiB ({n_tensors} tensors) over loopback; pulled checkout bit-identical: {same}", bytes >> 20);
     println!(

@@ -421,33 +421,6 @@ pub fn login(cli: &Cli, args: &LoginArgs, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// A version and its ancestors, parents before children.
-fn local_lineage(repo: &Repository, head: &str) -> Result<Vec<(String, VersionRecord)>> {
-    let mut out = Vec::new();
-    let mut done: HashSet<String> = HashSet::new();
-    let mut stack: Vec<(String, Option<VersionRecord>)> = vec![(head.to_string(), None)];
-    while let Some((id, rec)) = stack.pop() {
-        if done.contains(&id) {
-            continue;
-        }
-        match rec {
-            Some(r) => {
-                done.insert(id.clone());
-                out.push((id, r));
-            }
-            None => {
-                let r = repo.get(&id)?;
-                let parents = r.parents.clone();
-                stack.push((id, Some(r)));
-                for p in parents.into_iter().rev().filter(|p| !done.contains(p)) {
-                    stack.push((p, None));
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Streams an object's decoded bytes from a worker thread, as a `Read` for the request body.
 struct ObjectReader<'p> {
     rx: mpsc::Receiver<Result<Vec<u8>, String>>,
@@ -520,7 +493,7 @@ pub fn publish(cli: &Cli, start: &Path, args: &PublishArgs, out: &mut dyn Write)
     hub.need_token()?;
     let repo = Repository::open(start)?;
     let head = repo.resolve(&args.rev)?;
-    let lineage = local_lineage(&repo, &head)?;
+    let lineage = repo.lineage(&head, usize::MAX)?;
     let ids: Vec<&str> = lineage.iter().map(|(id, _)| id.as_str()).collect();
     let lacking: HashSet<String> =
         missing(&hub.post_json("/api/v1/versions/missing", &json!({ "ids": ids }))?)

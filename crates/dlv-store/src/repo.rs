@@ -245,6 +245,39 @@ impl Repository {
         Ok(v)
     }
 
+    /// A version and all its ancestors, parents before children. Fails once more than `max`
+    /// versions are collected (a bound for callers serving untrusted requests).
+    pub fn lineage(&self, head: &str, max: usize) -> Result<Vec<(String, VersionRecord)>> {
+        let mut out = Vec::new();
+        let mut done = std::collections::HashSet::new();
+        // (id, record once its parents have been pushed)
+        let mut stack: Vec<(String, Option<VersionRecord>)> = vec![(head.to_string(), None)];
+        while let Some((id, rec)) = stack.pop() {
+            if done.contains(&id) {
+                continue;
+            }
+            match rec {
+                Some(r) => {
+                    done.insert(id.clone());
+                    out.push((id, r));
+                    if out.len() > max {
+                        return Err(StoreError::Invalid(format!(
+                            "lineage of {} has more than {max} versions",
+                            short(head)
+                        )));
+                    }
+                }
+                None => {
+                    let r = self.get(&id)?;
+                    let parents = r.parents.clone();
+                    stack.push((id, Some(r)));
+                    stack.extend(parents.into_iter().rev().filter(|p| !done.contains(p)).map(|p| (p, None)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Resolves `NAME`, `NAME~N`, `NAME@PREFIX` or an id prefix (at least 4 hex digits).
     pub fn resolve(&self, rev: &str) -> Result<String> {
         let rev = rev.trim();

@@ -516,37 +516,12 @@ pub(crate) fn reachable(hub: &Hub, m: &ModelView, target: &str) -> Result<bool> 
     Ok(false)
 }
 
-/// A version and all its ancestors, parents before children.
+/// A version and all its ancestors, parents before children, bounded by `MAX_RECORDS`.
 pub(crate) fn lineage(hub: &Hub, head: &str) -> Result<Vec<(String, VersionRecord)>> {
-    let mut out = Vec::new();
-    let mut done: HashSet<String> = HashSet::new();
-    // (id, parents pushed already)
-    let mut stack: Vec<(String, Option<VersionRecord>)> = vec![(head.to_string(), None)];
-    while let Some((id, rec)) = stack.pop() {
-        if done.contains(&id) {
-            continue;
-        }
-        match rec {
-            Some(r) => {
-                done.insert(id.clone());
-                out.push((id, r));
-            }
-            None => {
-                let r = hub.repo.get(&id)?;
-                let parents = r.parents.clone();
-                stack.push((id, Some(r)));
-                for p in parents.into_iter().rev() {
-                    if !done.contains(&p) {
-                        stack.push((p, None));
-                    }
-                }
-            }
-        }
-        if out.len() > MAX_RECORDS {
-            return Err(HubError::Internal("lineage too long".into()));
-        }
-    }
-    Ok(out)
+    hub.repo.lineage(head, MAX_RECORDS).map_err(|e| match e {
+        dlv_store::StoreError::Invalid(_) => HubError::Internal("lineage too long".into()),
+        other => other.into(),
+    })
 }
 
 async fn lineage_of(
