@@ -324,33 +324,27 @@ impl Repository {
         }
         progress.end();
 
-        // Prim's algorithm from a virtual root (edge weight = keyframe cost) with a depth bound:
-        // a node may hang below another only if that keeps its chain within max_chain.
-        let mut plan: BTreeMap<&str, (Option<&str>, usize)> = BTreeMap::new();
-        let mut order: Vec<&str> = Vec::new();
-        let mut best: BTreeMap<&str, (u64, Option<&str>, usize)> =
-            root_cost.iter().map(|(&id, &c)| (id, (c, None, 0))).collect();
-        let mut heap: BinaryHeap<Reverse<(u64, &str)>> = best.iter().map(|(&id, &(c, _, _))| Reverse((c, id))).collect();
+        // Prim's algorithm from a virtual root (edge weight = keyframe cost): the minimum
+        // spanning forest, whose roots are the nodes no delta makes cheaper than a keyframe.
+        let mut mst: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        let mut best: BTreeMap<&str, (u64, Option<&str>)> = root_cost.iter().map(|(&id, &c)| (id, (c, None))).collect();
+        let mut heap: BinaryHeap<Reverse<(u64, &str)>> = best.iter().map(|(&id, &(c, _))| Reverse((c, id))).collect();
         while let Some(Reverse((c, v))) = heap.pop() {
-            if plan.contains_key(v) || best.get(v).map(|b| b.0) != Some(c) {
+            if mst.contains_key(v) || best.get(v).map(|b| b.0) != Some(c) {
                 continue;
             }
-            let (_, parent, depth) = best[v];
-            plan.insert(v, (parent, depth));
-            order.push(v);
-            if depth >= cfg.max_chain {
-                continue;
-            }
+            mst.insert(v, best[v].1);
             for &(u, w) in adj.get(v).map(Vec::as_slice).unwrap_or(&[]) {
-                if plan.contains_key(u) {
-                    continue;
-                }
-                if best.get(u).is_some_and(|b| w < b.0) {
-                    best.insert(u, (w, Some(v), depth + 1));
+                if !mst.contains_key(u) && best.get(u).is_some_and(|b| w < b.0) {
+                    best.insert(u, (w, Some(v)));
                     heap.push(Reverse((w, u)));
                 }
             }
         }
+        // Then the chain bound: each tree is cut into the fewest connected pieces of radius at
+        // most max_chain, each hanging from its centre (a keyframe in the middle of a series
+        // serves max_chain snapshots on either side).
+        let (plan, order) = bounded_plan(&mst, cfg.max_chain);
 
         // Rewrite in plan order: a node's new base is always rewritten before it, so the bases
         // at every moment form a forest and every object stays decodable.
@@ -389,6 +383,85 @@ impl Repository {
     }
 }
 
+/// Cuts a spanning forest (`node -> parent`) into the fewest connected pieces whose radius is at
+/// most `radius`, each rooted at its centre: the greedy cover of trees (from the deepest
+/// uncovered node, a centre goes exactly `radius` links up), then every node hangs from its
+/// nearest centre along tree edges. Returns each node's new parent and depth, and an order in
+/// which every parent comes before its children.
+#[allow(clippy::type_complexity)]
+fn bounded_plan<'a>(forest: &BTreeMap<&'a str, Option<&'a str>>, radius: usize) -> (BTreeMap<&'a str, (Option<&'a str>, usize)>, Vec<&'a str>) {
+    let mut kids: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut roots = Vec::new();
+    for (&v, &p) in forest {
+        match p {
+            Some(p) => kids.entry(p).or_default().push(v),
+            None => roots.push(v),
+        }
+    }
+    let none: Vec<&str> = Vec::new();
+    let mut centre: BTreeSet<&str> = BTreeSet::new();
+    let r = radius as i64;
+    for &root in &roots {
+        // Post-order without recursion (series can be long).
+        let mut post = Vec::new();
+        let mut stack = vec![root];
+        while let Some(v) = stack.pop() {
+            post.push(v);
+            stack.extend(kids.get(v).unwrap_or(&none));
+        }
+        // far: distance to the deepest uncovered node below (None: all covered);
+        // near: distance to the nearest centre below.
+        let mut far: BTreeMap<&str, Option<i64>> = BTreeMap::new();
+        let mut near: BTreeMap<&str, i64> = BTreeMap::new();
+        for &v in post.iter().rev() {
+            let mut f = Some(0i64);
+            let mut n = i64::MAX / 2;
+            for &c in kids.get(v).unwrap_or(&none) {
+                if let Some(fc) = far[c] {
+                    f = f.max(Some(fc + 1));
+                }
+                n = n.min(near[c] + 1);
+            }
+            let f = match f {
+                Some(fv) if fv + n <= r => None,
+                Some(fv) if fv >= r || v == root => {
+                    centre.insert(v);
+                    n = 0;
+                    None
+                }
+                other => other,
+            };
+            far.insert(v, f);
+            near.insert(v, n);
+        }
+    }
+    // Nearest centre by breadth-first search over the forest's edges from all centres at once.
+    let mut adj: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (&v, &p) in forest {
+        if let Some(p) = p {
+            adj.entry(v).or_default().push(p);
+            adj.entry(p).or_default().push(v);
+        }
+    }
+    let mut plan: BTreeMap<&str, (Option<&str>, usize)> = BTreeMap::new();
+    let mut order = Vec::new();
+    let mut queue: std::collections::VecDeque<&str> = centre.iter().copied().collect();
+    for &c in &centre {
+        plan.insert(c, (None, 0));
+    }
+    while let Some(v) = queue.pop_front() {
+        order.push(v);
+        let d = plan[v].1;
+        for &u in adj.get(v).unwrap_or(&none) {
+            if !plan.contains_key(u) {
+                plan.insert(u, (Some(v), d + 1));
+                queue.push_back(u);
+            }
+        }
+    }
+    (plan, order)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -396,6 +469,52 @@ mod tests {
     use super::*;
     use crate::commit::{CommitOptions, NoProgress};
     use crate::{formats, TensorInfo};
+
+    fn check_plan(forest: &BTreeMap<&str, Option<&str>>, radius: usize) -> usize {
+        let (plan, order) = bounded_plan(forest, radius);
+        assert_eq!(plan.len(), forest.len());
+        let pos: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, &v)| (v, i)).collect();
+        for (&v, &(p, d)) in &plan {
+            assert!(d <= radius, "{v} at depth {d}");
+            if let Some(p) = p {
+                assert!(pos[p] < pos[v], "{p} is written after its child {v}");
+                assert_eq!(plan[p].1 + 1, d);
+                // Only edges of the forest are used.
+                assert!(forest[v] == Some(p) || forest[p] == Some(v));
+            }
+        }
+        plan.values().filter(|(p, _)| p.is_none()).count()
+    }
+
+    #[test]
+    fn bounded_plans_put_keyframes_in_the_middle() {
+        let names: Vec<String> = (0..40).map(|i| format!("n{i:02}")).collect();
+        let path = |len: usize| -> BTreeMap<&str, Option<&str>> {
+            (0..len).map(|i| (names[i].as_str(), i.checked_sub(1).map(|j| names[j].as_str()))).collect()
+        };
+        // One keyframe serves max_chain snapshots on either side.
+        assert_eq!(check_plan(&path(21), 10), 1);
+        assert_eq!(check_plan(&path(22), 10), 2);
+        assert_eq!(check_plan(&path(20), 16), 1);
+        assert_eq!(check_plan(&path(5), 0), 5);
+        assert_eq!(check_plan(&path(1), 3), 1);
+        // A base with five fine-tunes, each a chain of three.
+        let mut star: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        star.insert(&names[0], None);
+        for k in 0..5 {
+            for j in 0..3 {
+                let v = 1 + k * 3 + j;
+                let parent = if j == 0 { 0 } else { v - 1 };
+                star.insert(&names[v], Some(&names[parent]));
+            }
+        }
+        assert_eq!(check_plan(&star, 3), 1);
+        assert_eq!(check_plan(&star, 2), 5);
+        // Two trees stay two pieces at least.
+        let mut two = path(3);
+        two.insert(&names[30], None);
+        assert_eq!(check_plan(&two, 5), 2);
+    }
 
     fn weights_file(dir: &Path, name: &str, step: u32, frozen_step: u32) -> Result<()> {
         let n = 40_000usize;

@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rayon::prelude::*;
 
 use crate::codec::planes::{self, Planes};
-use crate::codec::{self, stream, ChunkHeader, DeltaMode, FloatKind, TensorLayout, Transform, CHUNK_ELEMS, MAX_CHUNK_ELEMS};
+use crate::codec::{self, ChunkHeader, DeltaMode, FloatKind, TensorLayout, Transform, CHUNK_ELEMS, MAX_CHUNK_ELEMS};
 use crate::{Result, StoreError};
 
 const MAGIC: &[u8; 4] = b"DLVO";
@@ -785,9 +784,15 @@ impl ChunkReader {
     }
 
     fn read_header(&mut self) -> Result<ChunkHeader> {
-        let mut hb = vec![0u8; codec::chunk_header_len(self.layout.width)];
+        let width = self.layout.width;
+        let mut hb = vec![0u8; codec::CHUNK_PREFIX_LEN];
         self.r.read_exact(&mut hb).map_err(|_| self.corrupt("file ends inside the chunk header"))?;
-        let h = ChunkHeader::parse(&hb, self.layout.width).map_err(|m| self.corrupt(m))?;
+        let len = codec::chunk_header_len_from_prefix(&hb, width).map_err(|m| self.corrupt(m))?;
+        hb.resize(len, 0);
+        self.r
+            .read_exact(&mut hb[codec::CHUNK_PREFIX_LEN..])
+            .map_err(|_| self.corrupt("file ends inside the chunk header"))?;
+        let h = ChunkHeader::parse(&hb, width).map_err(|m| self.corrupt(m))?;
         let expect = self.info.chunk_elems.min(self.remaining);
         if h.elems != expect {
             return Err(self.corrupt(format!("has {} elements, expected {expect}", h.elems)));
@@ -796,7 +801,7 @@ impl ChunkReader {
             return Err(self.corrupt("is a delta in an object without a base"));
         }
         let limit = 2 * h.elems + 4096;
-        if let Some(s) = h.streams.iter().find(|s| s.len > limit) {
+        if let Some(s) = h.mask.iter().chain(&h.streams).find(|s| s.len > limit) {
             return Err(self.corrupt(format!("stream of {} bytes is longer than possible", s.len)));
         }
         Ok(h)
@@ -805,7 +810,7 @@ impl ChunkReader {
     /// Skips a chunk without decoding it.
     fn skip(&mut self) -> Result<()> {
         let h = self.read_header()?;
-        let total: u64 = h.streams.iter().map(|s| s.len).sum();
+        let total: u64 = h.mask.iter().chain(&h.streams).map(|s| s.len).sum();
         let total = i64::try_from(total).map_err(|_| self.corrupt("stream lengths overflow"))?;
         self.r.seek_relative(total).map_err(|e| StoreError::io(self.store.dir.join(&self.id), e))?;
         self.remaining -= h.elems;
@@ -841,6 +846,14 @@ impl ChunkReader {
         let keep = keep.clamp(1, width);
         let h = self.read_header()?;
         let need = codec::planes_needed(&h, width, keep);
+        let mask = match h.mask {
+            Some(d) => {
+                let mut bytes = vec![0u8; d.len as usize];
+                self.r.read_exact(&mut bytes).map_err(|_| self.corrupt("file ends inside the mask"))?;
+                Some(bytes)
+            }
+            None => None,
+        };
         let mut wanted: Vec<(usize, codec::StreamDesc, Vec<u8>)> = Vec::with_capacity(need);
         for (k, desc) in h.streams.iter().enumerate() {
             let p = width - 1 - k;
@@ -853,27 +866,13 @@ impl ChunkReader {
                 self.r.seek_relative(skip).map_err(|e| StoreError::io(self.store.dir.join(&self.id), e))?;
             }
         }
-        let n = h.elems as usize;
         let base_keep = if h.transform == Transform::Sub { width } else { need };
         let id = self.id.clone();
         let index = self.index;
+        let hh = h.clone();
         let decode_own = move || -> Result<Planes> {
-            let decoded: Vec<(usize, Vec<u8>)> = wanted
-                .into_par_iter()
-                .map(|(p, desc, bytes)| {
-                    let plane = stream::decode(desc.coder, &bytes, n)
-                        .map_err(|m| corrupt(&id, format!("chunk {index}, plane {p}: {m}")))?;
-                    if codec::plane_sum(&plane) != desc.sum {
-                        return Err(corrupt(&id, format!("chunk {index}, plane {p}: fails its checksum")));
-                    }
-                    Ok((p, plane))
-                })
-                .collect::<Result<_>>()?;
-            let mut planes: Planes = vec![Vec::new(); width];
-            for (p, plane) in decoded {
-                planes[p] = plane;
-            }
-            Ok(planes)
+            codec::decode_residual(&hh, width, mask.as_deref(), wanted)
+                .map_err(|m| corrupt(&id, format!("chunk {index}, {m}")))
         };
         let (own, base) = if h.transform == Transform::None {
             (decode_own()?, None)

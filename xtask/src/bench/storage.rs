@@ -124,23 +124,29 @@ pub fn run() -> Result<()> {
 
     // ---- report ---------------------------------------------------------------------------
     println!("compression: raw bytes / stored bytes (higher is better; git-lfs and DVC store whole files = 1.00x)");
+    println!("(dlv: as committed; +repack: after `dlv gc --repack` re-planned the bases; both under max_chain)");
     println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>12} {:>10}",
-        "", "raw MB", "lfs/DVC", "zstd-3", "reference", "dlv", "entropy", "dlv/ref", "dlv/entr."
+        "{:<16} {:>7} {:>8} {:>7} {:>10} {:>7} {:>9} {:>8} {:>8} {:>10} {:>11}",
+        "", "raw MB", "lfs/DVC", "zstd-3", "reference", "dlv", "+repack", "entropy", "dlv/ref", "repack/ref", "dlv/entr."
     );
     for (label, r, recipe, entropy) in &rows {
         let raw = r.raw as f64;
         println!(
-            "{label:<16} {:>9.1} {:>8.2}x {:>8.2}x {:>9.2}x {:>8.2}x {:>9.2}x {:>11.3}x {:>9.1}%",
+            "{label:<16} {:>7.1} {:>7.2}x {:>6.2}x {:>9.2}x {:>6.2}x {:>8.2}x {:>7.2}x {:>7.3}x {:>9.3}x {:>10.1}%",
             raw / 1e6,
             1.0,
             raw / r.zstd3 as f64,
             raw / *recipe as f64,
             raw / r.stored as f64,
+            raw / r.repacked as f64,
             raw / *entropy,
             *recipe as f64 / r.stored as f64,
+            *recipe as f64 / r.repacked as f64,
             100.0 * *entropy / r.stored as f64
         );
+    }
+    for (label, r, _, _) in &rows {
+        println!("{:<16} {label} after repack: {} keyframe(s), longest chain {}", "", r.repack_plan.0, r.repack_plan.1);
     }
     println!(
         "{:<16} first snapshot alone: fp32 {:.3}x, bf16 {:.3}x",
@@ -178,6 +184,15 @@ pub fn run() -> Result<()> {
         );
     }
 
+    println!("\ncodec throughput in memory (MB/s of raw tensor bytes; BLAKE3 of the value included, no disk)");
+    println!("{:<16} {:>14} {:>14} {:>14} {:>14}", "", "encode 1 core", "decode 1 core", "encode 2 cores", "decode 2 cores");
+    for (label, snaps) in [("fp32 series", &fp32), ("bf16 series", &bf16)] {
+        let one = codec_speed(snaps, 1)?;
+        let all = codec_speed(snaps, 0)?;
+        println!("{label:<16} {:>14.1} {:>14.1} {:>14.1} {:>14.1}", one.0, one.1, all.0, all.1);
+    }
+    println!("{:<16} (each snapshot coded against the one before, as a commit does; targets: 300 encode, 1000 decode per core)", "");
+
     println!("\nbytes read from the store: bf16 checkout vs full checkout (every snapshot)");
     let xor_row = ("fp32 series, xor".to_string(), &xor_only);
     for (label, r) in rows.iter().filter(|row| row.0.starts_with("fp32")).map(|row| (row.0.clone(), &row.1)).chain([xor_row]) {
@@ -200,7 +215,10 @@ pub fn run() -> Result<()> {
         }
     }
     println!("\nevery checkout bit-identical; work folder {}", work.display());
-    std::fs::remove_dir_all(&work).ok();
+    // DLV_BENCH_KEEP=1 keeps the snapshots and stores for a closer look.
+    if std::env::var_os("DLV_BENCH_KEEP").is_none() {
+        std::fs::remove_dir_all(&work).ok();
+    }
     Ok(())
 }
 
@@ -493,6 +511,32 @@ fn entropy_bound(snaps: &[Vec<Tensor>], base: Option<&Vec<Tensor>>) -> f64 {
 /// Per plane of the integer delta (the first five deltas of the series, where the weights move
 /// most): order-0 entropy (what an ideal ANS/arithmetic order-0 coder reaches), a Huffman-style
 /// bound (entropy rounded up to at least 1 bit per byte), and zstd at levels 1, 3 and 19.
+/// Encode and decode speed (MB/s of raw bytes) of the series, each snapshot against the one
+/// before, on `threads` rayon threads (0 = all cores).
+fn codec_speed(snaps: &[Vec<Tensor>], threads: usize) -> Result<(f64, f64)> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    pool.install(|| {
+        let (mut enc_s, mut dec_s, mut bytes) = (0.0, 0.0, 0u64);
+        for t in 0..snaps.len() {
+            for (k, tensor) in snaps[t].iter().enumerate() {
+                let layout = dlv_store::TensorLayout::of(if tensor.width == 2 { dlv_store::DType::BF16 } else { dlv_store::DType::F32 });
+                let base = t.checked_sub(1).map(|p| snaps[p][k].bytes.as_slice());
+                let start = Instant::now();
+                let enc = dlv_store::encode_tensor(&tensor.bytes, base, layout, dlv_store::DeltaMode::Auto);
+                enc_s += start.elapsed().as_secs_f64();
+                let start = Instant::now();
+                let back = dlv_store::decode_tensor(&enc, base).map_err(anyhow::Error::msg)?;
+                dec_s += start.elapsed().as_secs_f64();
+                if back != tensor.bytes {
+                    bail!("in-memory codec round trip differs");
+                }
+                bytes += tensor.bytes.len() as u64;
+            }
+        }
+        Ok((bytes as f64 / 1e6 / enc_s, bytes as f64 / 1e6 / dec_s))
+    })
+}
+
 fn coder_study(snaps: &[Vec<Tensor>]) {
     let mut per_plane = vec![[0f64; 6]; 4];
     for i in 1..snaps.len().min(6) {
@@ -545,6 +589,10 @@ struct SeriesResult {
     bf16_read: u64,
     identical: bool,
     frozen_free: bool,
+    /// Stored bytes after `dlv gc --repack` re-planned the bases.
+    repacked: u64,
+    /// Keyframes and longest chain of that plan.
+    repack_plan: (u64, u64),
 }
 
 fn dlv_json(dlv: &Path, dir: &Path, args: &[&str]) -> Result<(f64, serde_json::Value)> {
@@ -638,6 +686,16 @@ fn store_series_with(
             r.bf16_read += v["object_bytes_read"].as_u64().unwrap_or(0);
             std::fs::remove_dir_all(dir.join(&out))?;
         }
+    }
+    // The whole-repository plan: keyframes in the middle of series, bases re-chosen.
+    let (_, v) = dlv_json(dlv, dir, &["gc", "--repack"])?;
+    r.repacked = dir_size(&dir.join(".dlv/objects"))? - before;
+    r.repack_plan = (v["repack"]["keyframes"].as_u64().unwrap_or(0), v["repack"]["longest_chain"].as_u64().unwrap_or(0));
+    for (i, id) in ids.iter().enumerate() {
+        let out = format!("out{i}");
+        dlv_json(dlv, dir, &["checkout", id, "--to", &out])?;
+        r.identical &= files_equal(&paths[i], &dir.join(&out).join("model.safetensors"))?;
+        std::fs::remove_dir_all(dir.join(&out))?;
     }
     Ok(r)
 }

@@ -20,9 +20,6 @@ use stream::Coder;
 /// Elements per chunk: bounds the memory of encoding and decoding (a few chunk buffers per
 /// level of a delta chain) whatever the tensor size, and lets chunks be coded independently.
 pub const CHUNK_ELEMS: u64 = 1 << 20;
-/// In `auto` mode the integer difference is chosen over XOR only when its estimate is at least
-/// this fraction smaller.
-const SUB_MIN_GAIN: f64 = 0.03;
 /// Elements sampled (evenly strided) to choose a chunk's transform.
 const SAMPLE_ELEMS: usize = 1 << 16;
 /// Largest chunk a reader accepts from a header (protects allocations from corrupt files).
@@ -52,12 +49,17 @@ impl Transform {
 
 /// Chunk flag: the top 16 bits of each residual word are rotated left by one.
 pub const FLAG_ROTATE: u8 = 1;
+/// Chunk flag: a bitmap of the elements whose residual word is non-zero comes first (its own
+/// stream) and the planes hold only those elements.
+pub const FLAG_MASK: u8 = 2;
+/// A chunk is masked when at least this fraction of its residual words is zero.
+const MASK_MIN_ZEROS: usize = 16;
 
 /// Which delta transforms the encoder may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeltaMode {
-    /// The smaller of XOR and integer difference, per chunk; the integer difference only when
-    /// it is clearly (3%) smaller, since XOR keeps low-precision reads to the high planes.
+    /// The smaller of XOR and integer difference, per chunk (the integer difference usually
+    /// is; its chains need full reads at low precision, see `Xor`).
     #[default]
     Auto,
     /// XOR only: every low-precision read stays a high-plane read along the whole chain.
@@ -178,13 +180,33 @@ pub struct ChunkHeader {
     pub elems: u64,
     pub transform: Transform,
     pub flags: u8,
+    /// The non-zero bitmap's stream ([`FLAG_MASK`]); it comes before the planes.
+    pub mask: Option<StreamDesc>,
     /// Highest plane first.
     pub streams: Vec<StreamDesc>,
 }
 
-/// Bytes of a chunk header for `width`-byte elements.
-pub fn chunk_header_len(width: usize) -> usize {
-    12 + 17 * width + 4
+/// Bytes of the fixed start of a chunk header (element count, transform, flags).
+pub const CHUNK_PREFIX_LEN: usize = 12;
+
+/// Bytes of a chunk header for `width`-byte elements with `flags`.
+pub fn chunk_header_len(width: usize, flags: u8) -> usize {
+    let streams = width + usize::from(flags & FLAG_MASK != 0);
+    CHUNK_PREFIX_LEN + 17 * streams + 4
+}
+
+/// The whole header length, from its fixed start (which carries the flags).
+pub fn chunk_header_len_from_prefix(prefix: &[u8], width: usize) -> Result<usize, String> {
+    let flags = *prefix.get(9).ok_or("chunk header is truncated")?;
+    check_flags(flags, width)?;
+    Ok(chunk_header_len(width, flags))
+}
+
+fn check_flags(flags: u8, width: usize) -> Result<(), String> {
+    if flags & !(FLAG_ROTATE | FLAG_MASK) != 0 || (flags & FLAG_ROTATE != 0 && width < 2) {
+        return Err(format!("unknown chunk flags {flags:#x}"));
+    }
+    Ok(())
 }
 
 /// 8-byte checksum of a decoded plane (BLAKE3 prefix).
@@ -197,12 +219,12 @@ pub fn plane_sum(plane: &[u8]) -> [u8; 8] {
 
 impl ChunkHeader {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(chunk_header_len(self.streams.len()));
+        let mut b = Vec::with_capacity(chunk_header_len(self.streams.len(), self.flags));
         b.extend_from_slice(&self.elems.to_le_bytes());
         b.push(self.transform as u8);
         b.push(self.flags);
         b.extend_from_slice(&[0, 0]);
-        for s in &self.streams {
+        for s in self.mask.iter().chain(&self.streams) {
             b.push(s.coder as u8);
             b.extend_from_slice(&s.len.to_le_bytes());
             b.extend_from_slice(&s.sum);
@@ -214,7 +236,7 @@ impl ChunkHeader {
 
     /// Parses and checks a header of `width`-byte elements.
     pub fn parse(b: &[u8], width: usize) -> Result<ChunkHeader, String> {
-        if b.len() != chunk_header_len(width) {
+        if b.len() < CHUNK_PREFIX_LEN || b.len() != chunk_header_len(width, b[9]) {
             return Err("chunk header has the wrong length".into());
         }
         let (body, sum) = b.split_at(b.len() - 4);
@@ -229,22 +251,26 @@ impl ChunkHeader {
         let elems = u64_at(0);
         let transform = Transform::from_byte(body[8]).ok_or_else(|| format!("unknown transform {}", body[8]))?;
         let flags = body[9];
-        if flags & !FLAG_ROTATE != 0 || (flags & FLAG_ROTATE != 0 && width < 2) {
-            return Err(format!("unknown chunk flags {flags:#x}"));
-        }
-        let mut streams = Vec::with_capacity(width);
-        for k in 0..width {
-            let o = 12 + 17 * k;
+        check_flags(flags, width)?;
+        let masked = flags & FLAG_MASK != 0;
+        let mut streams = Vec::with_capacity(width + 1);
+        for k in 0..width + usize::from(masked) {
+            let o = CHUNK_PREFIX_LEN + 17 * k;
             let coder = Coder::from_byte(body[o]).ok_or_else(|| format!("unknown stream coder {}", body[o]))?;
             let mut sum = [0u8; 8];
             sum.copy_from_slice(&body[o + 9..o + 17]);
             streams.push(StreamDesc { coder, len: u64_at(o + 1), sum });
         }
-        Ok(ChunkHeader { elems, transform, flags, streams })
+        let mask = if masked { Some(streams.remove(0)) } else { None };
+        if mask.is_some_and(|m| m.coder == Coder::Split) || streams.first().is_some_and(|s| s.coder == Coder::Split) {
+            return Err("the mask and the top plane cannot be split".into());
+        }
+        Ok(ChunkHeader { elems, transform, flags, mask, streams })
     }
 }
 
-/// One encoded chunk: its header and the plane streams, highest plane first.
+/// One encoded chunk: its header and its streams in file order (the mask's, then the planes
+/// highest first).
 pub struct EncodedChunk {
     pub header: ChunkHeader,
     pub streams: Vec<Vec<u8>>,
@@ -253,7 +279,8 @@ pub struct EncodedChunk {
 #[cfg(test)]
 impl EncodedChunk {
     pub fn stored_len(&self) -> u64 {
-        chunk_header_len(self.streams.len()) as u64 + self.streams.iter().map(|s| s.len() as u64).sum::<u64>()
+        chunk_header_len(self.header.streams.len(), self.header.flags) as u64
+            + self.streams.iter().map(|s| s.len() as u64).sum::<u64>()
     }
 }
 
@@ -288,40 +315,181 @@ pub fn encode_chunk(value: &Planes, base: Option<&Planes>, layout: TensorLayout,
             DeltaMode::Off => {}
         }
     }
-    let (mut best, bits) = best_candidate(value, base, layout, &transforms);
-    if mode == DeltaMode::Auto && best.0 == Transform::Sub {
-        // XOR keeps bf16 reads to the high planes along the whole chain; the integer
-        // difference must be worth it. Measured on SGD series it saves about 2% of the size
-        // while a bf16 read of XOR chains reads about a third of the bytes of a full read.
-        let (other, obits) = best_candidate(value, base, layout, &[Transform::None, Transform::Xor]);
-        if bits >= obits * (1.0 - SUB_MIN_GAIN) {
-            best = other;
+    let (best, _) = best_candidate(value, base, layout, &transforms);
+    let r = residual(value, base, best.0, best.1);
+    let n = elems as usize;
+    // Zero residual words (weights that did not move) are common in deltas: one bitmap says
+    // where they are, instead of every plane repeating it.
+    let mut nonzero = vec![false; n];
+    for plane in &r {
+        for (z, &b) in nonzero.iter_mut().zip(plane) {
+            *z |= b != 0;
         }
     }
-    let r = residual(value, base, best.0, best.1);
+    let zeros = nonzero.iter().filter(|&&z| !z).count();
+    let masked = n > 0 && zeros * MASK_MIN_ZEROS >= n;
+    let (r, mask) = if masked {
+        let compact: Planes = r.iter().map(|p| p.iter().zip(&nonzero).filter(|(_, &z)| z).map(|(&b, _)| b).collect()).collect();
+        let mut bitmap = vec![0u8; n.div_ceil(8)];
+        for (i, _) in nonzero.iter().enumerate().filter(|(_, &z)| z) {
+            bitmap[i / 8] |= 1 << (i % 8);
+        }
+        (compact, Some(bitmap))
+    } else {
+        (r, None)
+    };
+    // The context of plane p: every higher plane of the element is zero.
+    let width = r.len();
+    let m = r.first().map_or(0, Vec::len);
+    let mut leads: Vec<Option<Vec<bool>>> = vec![None; width];
+    let mut lead = vec![true; m];
+    for p in (0..width.saturating_sub(1)).rev() {
+        for (l, &b) in lead.iter_mut().zip(&r[p + 1]) {
+            *l &= b == 0;
+        }
+        leads[p] = Some(lead.clone());
+    }
+    let mask_coded = mask.as_ref().map(|bm| {
+        let (c, bytes) = stream::encode(bm);
+        (StreamDesc { coder: c, len: bytes.len() as u64, sum: plane_sum(bm) }, bytes)
+    });
     let coded: Vec<(Coder, Vec<u8>, [u8; 8])> = r
         .par_iter()
+        .zip(leads.par_iter())
         .rev()
-        .map(|plane| {
-            let (c, bytes) = stream::encode(plane);
+        .map(|(plane, lead)| {
+            let (c, bytes) = code_plane(plane, lead.as_deref());
             (c, bytes, plane_sum(plane))
         })
         .collect();
-    let mut streams = Vec::with_capacity(coded.len());
+    let mut streams = Vec::with_capacity(coded.len() + 1);
     let mut descs = Vec::with_capacity(coded.len());
+    let mask_desc = mask_coded.map(|(d, bytes)| {
+        streams.push(bytes);
+        d
+    });
     for (coder, bytes, sum) in coded {
         descs.push(StreamDesc { coder, len: bytes.len() as u64, sum });
         streams.push(bytes);
     }
-    EncodedChunk {
-        header: ChunkHeader {
-            elems,
-            transform: best.0,
-            flags: if best.1 { FLAG_ROTATE } else { 0 },
-            streams: descs,
-        },
-        streams,
+    let mut flags = if best.1 { FLAG_ROTATE } else { 0 };
+    if mask_desc.is_some() {
+        flags |= FLAG_MASK;
     }
+    EncodedChunk { header: ChunkHeader { elems, transform: best.0, flags, mask: mask_desc, streams: descs }, streams }
+}
+
+/// Codes one plane with its smallest coder, trying the split by context where one is given.
+fn code_plane(plane: &[u8], lead: Option<&[bool]>) -> (Coder, Vec<u8>) {
+    let (c, bytes) = stream::encode(plane);
+    if let Some(lead) = lead {
+        let count = lead.iter().filter(|&&l| l).count();
+        if c != Coder::Constant && count > 0 && count < plane.len() {
+            let s = stream::encode_split(plane, lead);
+            if s.len() < bytes.len() {
+                return (Coder::Split, s);
+            }
+        }
+    }
+    (c, bytes)
+}
+
+/// Decodes the residual planes of a chunk from its streams: `mask` is the mask stream (for a
+/// masked chunk), `coded` the streams of the planes wanted (plane index, descriptor, bytes),
+/// which must be the top ones. Every stream is decompressed in parallel; then planes are put
+/// back together from the top down (a split plane needs the planes above it) and checked
+/// against their checksums. Planes not wanted are empty.
+pub fn decode_residual(
+    h: &ChunkHeader,
+    width: usize,
+    mask: Option<&[u8]>,
+    coded: Vec<(usize, StreamDesc, Vec<u8>)>,
+) -> Result<Planes, String> {
+    let n = h.elems as usize;
+    let bitmap = match (h.mask, mask) {
+        (Some(d), Some(bytes)) => {
+            let bm = stream::decode(d.coder, bytes, n.div_ceil(8)).map_err(|m| format!("mask: {m}"))?;
+            if plane_sum(&bm) != d.sum {
+                return Err("mask: fails its checksum".into());
+            }
+            if n % 8 != 0 && bm.last().is_some_and(|&b| b >> (n % 8) != 0) {
+                return Err("mask: marks elements past the end".into());
+            }
+            Some(bm)
+        }
+        (None, _) => None,
+        (Some(_), None) => return Err("mask stream missing".into()),
+    };
+    let m = bitmap.as_ref().map_or(n, |bm| bm.iter().map(|b| b.count_ones() as usize).sum());
+    enum Part {
+        Whole(Vec<u8>),
+        Split(Vec<u8>, Vec<u8>),
+    }
+    let mut parts: Vec<(usize, StreamDesc, Part)> = coded
+        .into_par_iter()
+        .map(|(p, desc, bytes)| {
+            let part = match desc.coder {
+                Coder::Split => {
+                    let (a, b) = stream::decode_split_parts(&bytes, m).map_err(|e| format!("plane {p}: {e}"))?;
+                    Part::Split(a, b)
+                }
+                c => Part::Whole(stream::decode(c, &bytes, m).map_err(|e| format!("plane {p}: {e}"))?),
+            };
+            Ok((p, desc, part))
+        })
+        .collect::<Result<_, String>>()?;
+    parts.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut planes: Planes = vec![Vec::new(); width];
+    let mut lead: Option<Vec<bool>> = None;
+    let mut sums = Vec::with_capacity(parts.len());
+    for (i, (p, desc, part)) in parts.into_iter().enumerate() {
+        if p + i + 1 != width {
+            return Err(format!("plane {p} requested without the planes above it"));
+        }
+        let plane = match part {
+            Part::Whole(v) => v,
+            Part::Split(a, b) => {
+                let l = lead.as_deref().ok_or_else(|| format!("plane {p}: the top plane cannot be split"))?;
+                stream::merge_split(&a, &b, l).map_err(|e| format!("plane {p}: {e}"))?
+            }
+        };
+        let l = lead.get_or_insert_with(|| vec![true; m]);
+        for (x, &b) in l.iter_mut().zip(&plane) {
+            *x &= b == 0;
+        }
+        sums.push((p, desc.sum));
+        planes[p] = plane;
+    }
+    sums.par_iter().try_for_each(|&(p, sum)| {
+        if plane_sum(&planes[p]) != sum {
+            return Err(format!("plane {p}: fails its checksum"));
+        }
+        Ok(())
+    })?;
+    if let Some(bm) = bitmap {
+        // Planes that were decoded (possibly empty when every word is zero) go back to n.
+        let lowest = width - sums.len();
+        planes[lowest..].par_iter_mut().for_each(|p| *p = expand(p, &bm, n));
+    }
+    Ok(planes)
+}
+
+/// Scatters the bytes of the non-zero elements back to their positions (zeros elsewhere).
+fn expand(compact: &[u8], bitmap: &[u8], n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    let mut src = compact.iter();
+    for (k, &byte) in bitmap.iter().enumerate() {
+        let mut bits = byte;
+        while bits != 0 {
+            let i = k * 8 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            // The caller counted exactly one compact byte per set bit and no bit past `n`.
+            if let (Some(o), Some(&v)) = (out.get_mut(i), src.next()) {
+                *o = v;
+            }
+        }
+    }
+    out
 }
 
 /// The candidate (transform, rotation) with the smallest order-0 entropy of its residual planes,
@@ -365,7 +533,7 @@ pub fn estimate_chunk(value: &Planes, base: Option<&Planes>, layout: TensorLayou
         (Some(_), DeltaMode::Int) => &[Transform::Sub],
     };
     let (_, bits) = best_candidate(value, base, layout, transforms);
-    (bits / 8.0).ceil() as u64 + chunk_header_len(layout.width) as u64
+    (bits / 8.0).ceil() as u64 + chunk_header_len(layout.width, 0) as u64
 }
 
 /// How many of the top planes must be decoded to give the top `keep` planes of the value.
@@ -410,6 +578,70 @@ pub fn combine(h: &ChunkHeader, mut r: Planes, base: Option<&Planes>, keep: usiz
         p.clear();
     }
     Ok(v)
+}
+
+/// A tensor coded in memory: the chunks a tensor object holds, without the object headers.
+/// For benchmarks and embedders that want the codec without a repository.
+pub struct EncodedTensor {
+    layout: TensorLayout,
+    chunks: Vec<EncodedChunk>,
+    /// BLAKE3 of the value, as the object id would be.
+    pub hash: blake3::Hash,
+}
+
+impl EncodedTensor {
+    /// Bytes the chunks take (headers and streams).
+    pub fn coded_len(&self) -> u64 {
+        self.chunks
+            .iter()
+            .map(|c| chunk_header_len(c.header.streams.len(), c.header.flags) as u64 + c.streams.iter().map(|s| s.len() as u64).sum::<u64>())
+            .sum()
+    }
+}
+
+/// Codes `value` (little-endian elements of `layout`) whole or against `base` (same length),
+/// chunk by chunk, hashing it as an object write does.
+pub fn encode_tensor(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode) -> EncodedTensor {
+    let cb = CHUNK_ELEMS as usize * layout.width;
+    let base = base.filter(|b| b.len() == value.len());
+    let chunks = value
+        .chunks(cb)
+        .enumerate()
+        .map(|(i, v)| {
+            let vp = planes::split(v, layout.width);
+            let bp = base.map(|b| planes::split(&b[i * cb..i * cb + v.len()], layout.width));
+            encode_chunk(&vp, bp.as_ref(), layout, mode)
+        })
+        .collect();
+    EncodedTensor { layout, chunks, hash: blake3::hash(value) }
+}
+
+/// Decodes an [`EncodedTensor`] (with the `base` it was coded against) and verifies the hash.
+pub fn decode_tensor(t: &EncodedTensor, base: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    let w = t.layout.width;
+    let cb = CHUNK_ELEMS as usize * w;
+    let mut out = Vec::new();
+    let mut hasher = blake3::Hasher::new();
+    for (i, c) in t.chunks.iter().enumerate() {
+        let mut it = c.streams.iter();
+        let mask = c.header.mask.and_then(|_| it.next().map(Vec::as_slice));
+        let coded = c.header.streams.iter().zip(it).enumerate().map(|(k, (d, b))| (w - 1 - k, *d, b.clone())).collect();
+        let r = decode_residual(&c.header, w, mask, coded)?;
+        let n = c.header.elems as usize * w;
+        let bp = match (c.header.transform, base) {
+            (Transform::None, _) => None,
+            (_, Some(b)) => Some(planes::split(b.get(i * cb..i * cb + n).ok_or("base too short")?, w)),
+            (_, None) => return Err("delta chunk without its base".into()),
+        };
+        let v = combine(&c.header, r, bp.as_ref(), w)?;
+        let start = out.len();
+        planes::join_top(&v, 0, &mut out);
+        hasher.update(&out[start..]);
+    }
+    if hasher.finalize() != t.hash {
+        return Err("decoded tensor does not match its hash".into());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -16,6 +16,12 @@ pub enum Coder {
     /// u32 LE length of a zstd frame of the bitmap of non-zero positions (LSB first), the frame,
     /// then a zstd frame of the non-zero bytes in order.
     Sparse = 3,
+    /// A plane split by a context its decoder already knows (whether every higher residual
+    /// plane of the element is zero): lead coder (u8), tail coder (u8), lead element count (u64
+    /// LE), lead stream length (u64 LE), the lead stream, the tail stream. The lead part holds
+    /// the bytes of the elements whose higher planes are all zero, where this byte is the
+    /// leading one and skewed towards small values; the tail holds the rest, nearly uniform.
+    Split = 4,
 }
 
 impl Coder {
@@ -25,6 +31,7 @@ impl Coder {
             1 => Coder::Constant,
             2 => Coder::Zstd,
             3 => Coder::Sparse,
+            4 => Coder::Split,
             _ => return None,
         })
     }
@@ -88,9 +95,78 @@ fn encode_sparse(plane: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Decodes a stream into exactly `n` bytes.
+/// Bytes of a split stream before its two parts.
+const SPLIT_HEADER: usize = 18;
+
+/// Codes `plane` split by `lead` (see [`Coder::Split`]): each part with its smallest coder.
+pub fn encode_split(plane: &[u8], lead: &[bool]) -> Vec<u8> {
+    let count = lead.iter().filter(|&&l| l).count();
+    let mut a = Vec::with_capacity(count);
+    let mut b = Vec::with_capacity(plane.len() - count.min(plane.len()));
+    for (&x, &l) in plane.iter().zip(lead) {
+        if l {
+            a.push(x);
+        } else {
+            b.push(x);
+        }
+    }
+    let ((ca, sa), (cb, sb)) = rayon::join(|| encode(&a), || encode(&b));
+    let mut out = Vec::with_capacity(SPLIT_HEADER + sa.len() + sb.len());
+    out.push(ca as u8);
+    out.push(cb as u8);
+    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(sa.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sa);
+    out.extend_from_slice(&sb);
+    out
+}
+
+/// Decodes the two parts of a split stream of `n` elements (lead part first); merging them
+/// needs the context, see [`merge_split`].
+pub fn decode_split_parts(data: &[u8], n: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
+    if data.len() < SPLIT_HEADER {
+        return Err("split plane shorter than its header".into());
+    }
+    let coder = |b: u8| match Coder::from_byte(b) {
+        Some(Coder::Split) | None => Err(format!("split plane names an invalid part coder {b}")),
+        Some(c) => Ok(c),
+    };
+    let (ca, cb) = (coder(data[0])?, coder(data[1])?);
+    let u64_at = |o: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&data[o..o + 8]);
+        u64::from_le_bytes(a)
+    };
+    let count = u64_at(2);
+    let alen = u64_at(10);
+    if count > n as u64 {
+        return Err(format!("split plane claims {count} lead elements of {n}"));
+    }
+    let rest = &data[SPLIT_HEADER..];
+    if alen > rest.len() as u64 {
+        return Err("split plane lead part runs past the stream".into());
+    }
+    let (sa, sb) = rest.split_at(alen as usize);
+    let count = count as usize;
+    Ok((decode(ca, sa, count)?, decode(cb, sb, n - count)?))
+}
+
+/// Interleaves the parts of a split plane back in element order.
+pub fn merge_split(a: &[u8], b: &[u8], lead: &[bool]) -> Result<Vec<u8>, String> {
+    let count = lead.iter().filter(|&&l| l).count();
+    if count != a.len() || lead.len() != a.len() + b.len() {
+        return Err(format!("split plane has {} lead elements, its context {count}", a.len()));
+    }
+    let (mut ia, mut ib) = (a.iter(), b.iter());
+    // Lengths match the context exactly (checked above), so neither iterator runs dry.
+    Ok(lead.iter().map(|&l| if l { ia.next() } else { ib.next() }.copied().unwrap_or(0)).collect())
+}
+
+/// Decodes a stream into exactly `n` bytes. Split streams need their context: see
+/// [`decode_split_parts`].
 pub fn decode(coder: Coder, data: &[u8], n: usize) -> Result<Vec<u8>, String> {
     match coder {
+        Coder::Split => Err("split plane outside its context".into()),
         Coder::Stored => {
             if data.len() != n {
                 return Err(format!("stored plane has {} bytes, expected {n}", data.len()));

@@ -13,9 +13,8 @@ fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: Delt
     let header = ChunkHeader::parse(&enc.header.to_bytes(), w)?;
     assert_eq!(header, enc.header);
     // Full decode.
-    let own: Planes = (0..w)
-        .map(|p| stream::decode(header.streams[w - 1 - p].coder, &enc.streams[w - 1 - p], header.elems as usize))
-        .collect::<Result<_, _>>()?;
+    let (mask, coded) = split_streams(&header, &enc.streams, w);
+    let own = decode_residual(&header, w, mask.as_deref(), coded.clone())?;
     let full = combine(&header, own.clone(), bp.as_ref(), w)?;
     let mut out = Vec::new();
     join_top(&full, 0, &mut out);
@@ -23,10 +22,9 @@ fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: Delt
     // Every partial decode from only the planes it needs equals truncation.
     for keep in 1..=w {
         let need = planes_needed(&header, w, keep);
-        let mut part = own.clone();
-        for p in part.iter_mut().take(w - need) {
-            p.clear();
-        }
+        let wanted: Vec<_> = coded.iter().filter(|c| c.0 >= w - need).cloned().collect();
+        let part = decode_residual(&header, w, mask.as_deref(), wanted)?;
+        assert!(part.iter().take(w - need).all(Vec::is_empty));
         let bpart = bp.as_ref().map(|b| {
             let base_need = if header.transform == Transform::Sub { w } else { need };
             let mut b = b.clone();
@@ -42,6 +40,15 @@ fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: Delt
         assert_eq!(got, expect, "top {keep} of {w}");
     }
     Ok(enc)
+}
+
+/// The mask stream and the (plane, descriptor, bytes) of every plane, from encoded streams.
+#[allow(clippy::type_complexity)]
+fn split_streams(h: &ChunkHeader, streams: &[Vec<u8>], w: usize) -> (Option<Vec<u8>>, Vec<(usize, StreamDesc, Vec<u8>)>) {
+    let mut it = streams.iter();
+    let mask = h.mask.and_then(|_| it.next().cloned());
+    let coded = h.streams.iter().zip(it).enumerate().map(|(k, (d, b))| (w - 1 - k, *d, b.clone())).collect();
+    (mask, coded)
 }
 
 const LAYOUTS: &[(usize, FloatKind)] = &[
@@ -129,6 +136,74 @@ fn sparse_deltas_use_sparse_or_small_streams() -> Result<(), String> {
     let enc = roundtrip(&next, Some(&base), TensorLayout { width: 4, float: FloatKind::F32 }, DeltaMode::Xor)?;
     assert!(enc.stored_len() < 40_000 / 4, "{}", enc.stored_len());
     assert!(enc.header.streams.iter().any(|s| s.coder == stream::Coder::Sparse || s.coder == stream::Coder::Constant));
+    Ok(())
+}
+
+#[test]
+fn masked_and_split_chunks_round_trip_and_shrink() -> Result<(), String> {
+    // Most weights unchanged, the rest moved by a few thousand ulps: the shape of an SGD delta.
+    let mut x = 0x9e37_79b9u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let base: Vec<u32> = (0..200_000).map(|_| 0x3c00_0000 | (rnd() as u32 & 0x00ff_ffff)).collect();
+    // Moves of every size up to 2^18 ulps, so the leading byte falls in different planes.
+    let next: Vec<u32> = base
+        .iter()
+        .map(|&b| {
+            let bits = rnd() % 19;
+            let d = (rnd() % (1u64 << bits)) as u32;
+            match rnd() % 6 {
+                0 => b.wrapping_add(d),
+                1 => b.wrapping_sub(d),
+                _ => b,
+            }
+        })
+        .collect();
+    let bytes = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
+    let (bb, nb) = (bytes(&base), bytes(&next));
+    let layout = TensorLayout { width: 4, float: FloatKind::F32 };
+    for mode in [DeltaMode::Auto, DeltaMode::Xor, DeltaMode::Int] {
+        let enc = roundtrip(&nb, Some(&bb), layout, mode)?;
+        assert!(enc.header.flags & FLAG_MASK != 0, "{mode:?}: two thirds zero, so masked");
+        // 1/3 of the words non-zero, about 14 significant bits each, plus the mask.
+        assert!(enc.stored_len() < nb.len() as u64 / 5, "{mode:?}: {} of {}", enc.stored_len(), nb.len());
+    }
+    // The split coder wins on a plane whose leading bytes are small and the rest uniform.
+    let enc = roundtrip(&nb, Some(&bb), layout, DeltaMode::Int)?;
+    assert!(enc.header.streams.iter().any(|s| s.coder == stream::Coder::Split), "{:?}", enc.header.streams);
+    Ok(())
+}
+
+#[test]
+fn corrupt_streams_of_masked_chunks_are_named() -> Result<(), String> {
+    let base: Vec<u8> = (0..30_000u32).flat_map(|i| (i as f32 * 0.37).sin().to_le_bytes()).collect();
+    let mut next = base.clone();
+    for i in (0..30_000).step_by(5) {
+        next[i * 4] ^= (i % 200) as u8 | 1;
+        next[i * 4 + 1] ^= (i % 7) as u8;
+    }
+    let layout = TensorLayout { width: 4, float: FloatKind::F32 };
+    let enc = roundtrip(&next, Some(&base), layout, DeltaMode::Int)?;
+    assert!(enc.header.mask.is_some());
+    for s in 0..enc.streams.len() {
+        for pos in [0, enc.streams[s].len() / 2, enc.streams[s].len().saturating_sub(1)] {
+            let mut streams = enc.streams.clone();
+            if streams[s].is_empty() {
+                continue;
+            }
+            streams[s][pos] ^= 0x24;
+            let (mask, coded) = split_streams(&enc.header, &streams, 4);
+            let err = match decode_residual(&enc.header, 4, mask.as_deref(), coded) {
+                Err(e) => e,
+                Ok(_) => return Err(format!("stream {s} byte {pos}: corruption not detected")),
+            };
+            assert!(err.contains("plane") || err.contains("mask"), "{err}");
+        }
+    }
     Ok(())
 }
 
