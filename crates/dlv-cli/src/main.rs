@@ -11,6 +11,11 @@ mod remote;
 mod train;
 
 use std::path::PathBuf;
+
+// Tensor coding allocates chunk-sized buffers over and over; the system allocator returns them
+// to the kernel each time and page-faults them back (a fifth of the codec's time, measured).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};

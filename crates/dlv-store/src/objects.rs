@@ -645,12 +645,11 @@ impl TensorWriter {
     }
 
     fn write_chunk(&mut self, data: &[u8]) -> Result<()> {
-        let value = planes::split(data, self.layout.width);
         let base = match self.base.as_mut() {
             Some(b) => b.next(self.layout.width)?,
             None => None,
         };
-        let enc = codec::encode_chunk(&value, base.as_ref(), self.layout, self.mode);
+        let enc = codec::encode_chunk(data, base.as_ref(), self.layout, self.mode);
         if enc.header.transform != Transform::None {
             self.used_base = true;
         }

@@ -284,28 +284,14 @@ impl EncodedChunk {
     }
 }
 
-/// Residual planes of one candidate encoding.
-fn residual(value: &Planes, base: Option<&Planes>, t: Transform, rotate: bool) -> Planes {
-    let mut r = match (t, base) {
-        (Transform::Xor, Some(b)) => {
-            let mut r = value.clone();
-            planes::xor_into(&mut r, b);
-            r
-        }
-        (Transform::Sub, Some(b)) => planes::sub_zigzag(value, b),
-        _ => value.clone(),
-    };
-    if rotate {
-        planes::rotate_top(&mut r);
-    }
-    r
-}
-
 /// Encodes one chunk of `layout`-shaped elements (`value` as planes), choosing the transform by
 /// the order-0 entropy of the residual planes (a fast, accurate proxy of the coded size) and
 /// each plane's coder by the size it actually codes to. Planes are coded in parallel.
-pub fn encode_chunk(value: &Planes, base: Option<&Planes>, layout: TensorLayout, mode: DeltaMode) -> EncodedChunk {
-    let elems = value.first().map_or(0, Vec::len) as u64;
+pub fn encode_chunk(value: &[u8], base: Option<&Planes>, layout: TensorLayout, mode: DeltaMode) -> EncodedChunk {
+    let width = layout.width.clamp(1, 8);
+    let elems = (value.len() / width) as u64;
+    let vw = le_words(value, width);
+    let bw = base.map(|b| words_of(b, vw.len()));
     let mut transforms = vec![Transform::None];
     if base.is_some() {
         match mode {
@@ -315,51 +301,40 @@ pub fn encode_chunk(value: &Planes, base: Option<&Planes>, layout: TensorLayout,
             DeltaMode::Off => {}
         }
     }
-    let (best, _) = best_candidate(value, base, layout, &transforms);
-    let r = residual(value, base, best.0, best.1);
+    let (best, _) = best_candidate(&vw, bw.as_deref(), layout, &transforms);
     let n = elems as usize;
-    // Zero residual words (weights that did not move) are common in deltas: one bitmap says
-    // where they are, instead of every plane repeating it.
-    let mut nonzero = vec![false; n];
-    for plane in &r {
-        for (z, &b) in nonzero.iter_mut().zip(plane) {
-            *z |= b != 0;
-        }
-    }
-    let zeros = nonzero.iter().filter(|&&z| !z).count();
+    // One pass in the word domain: transform, rotation, the non-zero bitmap and the compact
+    // list of non-zero words; the planes are cut from that list.
+    let mut words = vw;
+    transform_words(&mut words, bw.as_deref(), width, best.0, best.1);
+    let zeros = words.iter().filter(|&&w| w == 0).count();
     let masked = n > 0 && zeros * MASK_MIN_ZEROS >= n;
-    let (r, mask) = if masked {
-        let compact: Planes = r.iter().map(|p| p.iter().zip(&nonzero).filter(|(_, &z)| z).map(|(&b, _)| b).collect()).collect();
+    let (words, mask) = if masked {
         let mut bitmap = vec![0u8; n.div_ceil(8)];
-        for (i, _) in nonzero.iter().enumerate().filter(|(_, &z)| z) {
-            bitmap[i / 8] |= 1 << (i % 8);
+        let mut compact = Vec::with_capacity(n - zeros);
+        for (i, &w) in words.iter().enumerate() {
+            if w != 0 {
+                bitmap[i / 8] |= 1 << (i % 8);
+                compact.push(w);
+            }
         }
         (compact, Some(bitmap))
     } else {
-        (r, None)
+        (words, None)
     };
-    // The context of plane p: every higher plane of the element is zero.
-    let width = r.len();
-    let m = r.first().map_or(0, Vec::len);
-    let mut leads: Vec<Option<Vec<bool>>> = vec![None; width];
-    let mut lead = vec![true; m];
-    for p in (0..width.saturating_sub(1)).rev() {
-        for (l, &b) in lead.iter_mut().zip(&r[p + 1]) {
-            *l &= b == 0;
-        }
-        leads[p] = Some(lead.clone());
-    }
     let mask_coded = mask.as_ref().map(|bm| {
         let (c, bytes) = stream::encode(bm);
         (StreamDesc { coder: c, len: bytes.len() as u64, sum: plane_sum(bm) }, bytes)
     });
-    let coded: Vec<(Coder, Vec<u8>, [u8; 8])> = r
-        .par_iter()
-        .zip(leads.par_iter())
+    let coded: Vec<(Coder, Vec<u8>, [u8; 8])> = (0..width)
+        .into_par_iter()
         .rev()
-        .map(|(plane, lead)| {
-            let (c, bytes) = code_plane(plane, lead.as_deref());
-            (c, bytes, plane_sum(plane))
+        .map(|p| {
+            let plane: Vec<u8> = words.iter().map(|&w| (w >> (8 * p)) as u8).collect();
+            // The context of plane p: every higher byte of the word is zero.
+            let lead = (p + 1 < width).then_some((&words[..], p));
+            let (c, bytes) = code_plane(&plane, lead);
+            (c, bytes, plane_sum(&plane))
         })
         .collect();
     let mut streams = Vec::with_capacity(coded.len() + 1);
@@ -379,17 +354,90 @@ pub fn encode_chunk(value: &Planes, base: Option<&Planes>, layout: TensorLayout,
     EncodedChunk { header: ChunkHeader { elems, transform: best.0, flags, mask: mask_desc, streams: descs }, streams }
 }
 
-/// Codes one plane with its smallest coder, trying the split by context where one is given.
-fn code_plane(plane: &[u8], lead: Option<&[bool]>) -> (Coder, Vec<u8>) {
-    let (c, bytes) = stream::encode(plane);
-    if let Some(lead) = lead {
-        let count = lead.iter().filter(|&&l| l).count();
-        if c != Coder::Constant && count > 0 && count < plane.len() {
-            let s = stream::encode_split(plane, lead);
-            if s.len() < bytes.len() {
-                return (Coder::Split, s);
+/// Little-endian words (up to 8 bytes) from planes.
+fn words_of(planes: &Planes, n: usize) -> Vec<u64> {
+    let mut w = vec![0u64; n];
+    for (p, plane) in planes.iter().enumerate() {
+        for (x, &b) in w.iter_mut().zip(plane) {
+            *x |= (b as u64) << (8 * p);
+        }
+    }
+    w
+}
+
+/// Little-endian words of `width` bytes from bytes (a trailing partial word is ignored).
+fn le_words(data: &[u8], width: usize) -> Vec<u64> {
+    match width {
+        2 => data.chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]]) as u64).collect(),
+        4 => data.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64).collect(),
+        8 => data.chunks_exact(8).map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])).collect(),
+        _ => data.chunks_exact(width.max(1)).map(|w| w.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64)).collect(),
+    }
+}
+
+/// Turns words into residual words in place: the transform against the base, then the
+/// rotation of the top 16 bits (same definitions as the plane functions in [`planes`]).
+fn transform_words(w: &mut [u64], base: Option<&[u64]>, width: usize, t: Transform, rotate: bool) {
+    let bits = 8 * width as u32;
+    let m = if width >= 8 { u64::MAX } else { (1u64 << bits) - 1 };
+    match (t, base) {
+        (Transform::Xor, Some(b)) => {
+            for (x, y) in w.iter_mut().zip(b) {
+                *x ^= y;
             }
         }
+        (Transform::Sub, Some(b)) => {
+            let top = bits - 1;
+            for (x, y) in w.iter_mut().zip(b) {
+                let d = x.wrapping_sub(*y) & m;
+                *x = ((d << 1) & m) ^ (((d >> top) & 1).wrapping_neg() & m);
+            }
+        }
+        _ => {}
+    }
+    if rotate && width >= 2 {
+        let sh = bits - 16;
+        let low = if sh == 0 { 0 } else { (1u64 << sh) - 1 };
+        for x in w.iter_mut() {
+            let t16 = (*x >> sh) & 0xffff;
+            *x = (*x & low) | ((((t16 << 1) | (t16 >> 15)) & 0xffff) << sh);
+        }
+    }
+}
+
+/// Codes one plane with its smallest coder, trying the split by context (`words`, `p`: the
+/// element's higher bytes are all zero) where one is given and the order-0 estimate says the
+/// split could pay.
+fn code_plane(plane: &[u8], lead: Option<(&[u64], usize)>) -> (Coder, Vec<u8>) {
+    let (c, bytes) = stream::encode(plane);
+    let Some((words, p)) = lead else { return (c, bytes) };
+    if c == Coder::Constant {
+        return (c, bytes);
+    }
+    let is_lead: Vec<bool> = words.iter().map(|&w| (w >> (8 * (p + 1))) == 0).collect();
+    let (mut ha, mut hb) = ([0u64; 256], [0u64; 256]);
+    for (&x, &l) in plane.iter().zip(&is_lead) {
+        if l {
+            ha[x as usize] += 1;
+        } else {
+            hb[x as usize] += 1;
+        }
+    }
+    let count: u64 = ha.iter().sum();
+    if count == 0 || count == plane.len() as u64 {
+        return (c, bytes);
+    }
+    let split_est = (entropy::bits_of(&ha) + entropy::bits_of(&hb)) / 8.0;
+    let mut all = ha;
+    for (a, b) in all.iter_mut().zip(&hb) {
+        *a += b;
+    }
+    if split_est > 0.99 * entropy::bits_of(&all) / 8.0 {
+        return (c, bytes);
+    }
+    let s = stream::encode_split(plane, &is_lead);
+    if s.len() < bytes.len() {
+        return (Coder::Split, s);
     }
     (c, bytes)
 }
@@ -494,27 +542,29 @@ fn expand(compact: &[u8], bitmap: &[u8], n: usize) -> Vec<u8> {
 
 /// The candidate (transform, rotation) with the smallest order-0 entropy of its residual planes,
 /// and that entropy in bits.
-fn best_candidate(value: &Planes, base: Option<&Planes>, layout: TensorLayout, transforms: &[Transform]) -> ((Transform, bool), f64) {
+fn best_candidate(value: &[u64], base: Option<&[u64]>, layout: TensorLayout, transforms: &[Transform]) -> ((Transform, bool), f64) {
     // Scoring on an evenly strided sample keeps the choice cheap; the estimate is scaled back.
-    let n = value.first().map_or(0, Vec::len);
+    let n = value.len();
     let stride = n.div_ceil(SAMPLE_ELEMS).max(1);
-    let (value, base) = if stride > 1 {
-        let pick = |p: &Planes| -> Planes { p.iter().map(|pl| pl.iter().step_by(stride).copied().collect()).collect() };
-        (std::borrow::Cow::Owned(pick(value)), base.map(|b| std::borrow::Cow::Owned(pick(b))))
-    } else {
-        (std::borrow::Cow::Borrowed(value), base.map(std::borrow::Cow::Borrowed))
-    };
-    let sampled = value.first().map_or(0, Vec::len).max(1);
-    let scale = n as f64 / sampled as f64;
-    let (value, base) = (value.as_ref(), base.as_deref());
+    let value: Vec<u64> = value.iter().step_by(stride).copied().collect();
+    let base: Option<Vec<u64>> = base.map(|b| b.iter().step_by(stride).copied().collect());
+    let scale = n as f64 / value.len().max(1) as f64;
+    let width = layout.width.clamp(1, 8);
     let rotations: &[bool] = if layout.float != FloatKind::None && layout.width >= 2 { &[false, true] } else { &[false] };
     let candidates: Vec<(Transform, bool)> =
         transforms.iter().flat_map(|&t| rotations.iter().map(move |&r| (t, r))).collect();
     let scored: Vec<((Transform, bool), f64)> = candidates
         .par_iter()
         .map(|&(t, rot)| {
-            let r = residual(value, base, t, rot);
-            ((t, rot), scale * r.iter().map(|p| entropy::order0_bits(p)).sum::<f64>())
+            let mut r = value.clone();
+            transform_words(&mut r, base.as_deref(), width, t, rot);
+            let mut hist = vec![[0u64; 256]; width];
+            for &w in &r {
+                for (p, h) in hist.iter_mut().enumerate() {
+                    h[((w >> (8 * p)) & 0xff) as usize] += 1;
+                }
+            }
+            ((t, rot), scale * hist.iter().map(entropy::bits_of).sum::<f64>())
         })
         .collect();
     scored
@@ -532,7 +582,9 @@ pub fn estimate_chunk(value: &Planes, base: Option<&Planes>, layout: TensorLayou
         (Some(_), DeltaMode::Xor) => &[Transform::Xor],
         (Some(_), DeltaMode::Int) => &[Transform::Sub],
     };
-    let (_, bits) = best_candidate(value, base, layout, transforms);
+    let n = value.first().map_or(0, Vec::len);
+    let bw = base.map(|b| words_of(b, n));
+    let (_, bits) = best_candidate(&words_of(value, n), bw.as_deref(), layout, transforms);
     (bits / 8.0).ceil() as u64 + chunk_header_len(layout.width, 0) as u64
 }
 
@@ -608,9 +660,8 @@ pub fn encode_tensor(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mo
         .chunks(cb)
         .enumerate()
         .map(|(i, v)| {
-            let vp = planes::split(v, layout.width);
             let bp = base.map(|b| planes::split(&b[i * cb..i * cb + v.len()], layout.width));
-            encode_chunk(&vp, bp.as_ref(), layout, mode)
+            encode_chunk(v, bp.as_ref(), layout, mode)
         })
         .collect();
     EncodedTensor { layout, chunks, hash: blake3::hash(value) }

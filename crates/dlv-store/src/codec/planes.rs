@@ -8,12 +8,43 @@ pub type Planes = Vec<Vec<u8>>;
 
 /// Splits little-endian words of `width` bytes into planes.
 pub fn split(data: &[u8], width: usize) -> Planes {
-    let n = data.len() / width;
-    let mut planes: Planes = (0..width).map(|_| vec![0u8; n]).collect();
-    for (p, plane) in planes.iter_mut().enumerate() {
-        // One pass per plane: a strided gather the compiler keeps free of bounds checks.
-        for (o, w) in plane.iter_mut().zip(data.chunks_exact(width)) {
-            *o = w[p];
+    match width {
+        2 => split_n::<2>(data),
+        4 => split_n::<4>(data),
+        8 => split_n::<8>(data),
+        _ => {
+            let n = data.len() / width.max(1);
+            (0..width).map(|p| data.chunks_exact(width).take(n).map(|w| w[p]).collect()).collect()
+        }
+    }
+}
+
+/// One pass over the words for a fixed width, every plane written sequentially (zipped
+/// iterators, so no bounds checks and the loop vectorises).
+fn split_n<const W: usize>(data: &[u8]) -> Planes {
+    let n = data.len() / W;
+    let mut planes: Vec<Vec<u8>> = vec![vec![0u8; n]; W];
+    match &mut planes[..] {
+        [a, b] => {
+            for ((w, x), y) in data.chunks_exact(2).zip(a.iter_mut()).zip(b.iter_mut()) {
+                *x = w[0];
+                *y = w[1];
+            }
+        }
+        [a, b, c, d] => {
+            for ((((w, x), y), z), u) in data.chunks_exact(4).zip(a.iter_mut()).zip(b.iter_mut()).zip(c.iter_mut()).zip(d.iter_mut()) {
+                *x = w[0];
+                *y = w[1];
+                *z = w[2];
+                *u = w[3];
+            }
+        }
+        planes => {
+            for (p, plane) in planes.iter_mut().enumerate() {
+                for (o, w) in plane.iter_mut().zip(data.chunks_exact(W)) {
+                    *o = w[p];
+                }
+            }
         }
     }
     planes
@@ -28,9 +59,23 @@ pub fn join_top(planes: &Planes, lo: usize, out: &mut Vec<u8>) {
     let start = out.len();
     out.resize(start + n * keep, 0);
     let dst = &mut out[start..];
-    for (k, plane) in planes[lo..].iter().enumerate() {
-        for (w, &b) in dst.chunks_exact_mut(keep).zip(plane) {
-            w[k] = b;
+    match &planes[lo..] {
+        [a, b, c, d] if a.len() == n && b.len() == n && c.len() == n && d.len() == n => {
+            for ((((w, x), y), z), u) in dst.chunks_exact_mut(4).zip(a).zip(b).zip(c).zip(d) {
+                w.copy_from_slice(&[*x, *y, *z, *u]);
+            }
+        }
+        [a, b] if a.len() == n && b.len() == n => {
+            for ((w, x), y) in dst.chunks_exact_mut(2).zip(a).zip(b) {
+                w.copy_from_slice(&[*x, *y]);
+            }
+        }
+        _ => {
+            for (k, plane) in planes[lo..].iter().enumerate() {
+                for (w, &b) in dst.chunks_exact_mut(keep).zip(plane) {
+                    w[k] = b;
+                }
+            }
         }
     }
 }
@@ -68,6 +113,7 @@ fn planes_of32(w: &[u32], width: usize) -> Planes {
 
 /// Rotates the top 16 bits of every word left by one, so that the sign bit of an IEEE float
 /// moves below the exponent and the top plane holds (most of) the exponent alone.
+#[cfg(test)]
 pub fn rotate_top(planes: &mut Planes) {
     let w = planes.len();
     if w < 2 {
@@ -117,6 +163,7 @@ fn mask(width: usize) -> u64 {
 }
 
 /// Zigzag of the wrapping difference `a - b` of the bit patterns, as planes.
+#[cfg(test)]
 pub fn sub_zigzag(a: &Planes, b: &Planes) -> Planes {
     let width = a.len();
     if width <= 4 {

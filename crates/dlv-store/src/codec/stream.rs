@@ -42,6 +42,23 @@ impl Coder {
 /// beats the order-0 entropy bound by 4% (planes have runs), so it is also the entropy coder.
 pub const ZSTD_LEVEL: i32 = 1;
 
+thread_local! {
+    // One zstd context per thread, reused: creating one per plane costs more than coding a
+    // small plane.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok());
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+}
+
+/// One zstd frame at [`ZSTD_LEVEL`].
+fn zstd1(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|c| match c.borrow_mut().as_mut() {
+        Some(c) => c.compress(data),
+        None => zstd::bulk::compress(data, ZSTD_LEVEL),
+    })
+}
+
 /// Encodes one plane with the smallest coder.
 pub fn encode(plane: &[u8]) -> (Coder, Vec<u8>) {
     let Some(&first) = plane.first() else { return (Coder::Stored, Vec::new()) };
@@ -55,7 +72,7 @@ pub fn encode(plane: &[u8]) -> (Coder, Vec<u8>) {
     }
     let mut best = (Coder::Stored, None::<Vec<u8>>);
     let mut best_len = plane.len();
-    if let Ok(z) = zstd::bulk::compress(plane, ZSTD_LEVEL) {
+    if let Ok(z) = zstd1(plane) {
         if z.len() < best_len {
             best_len = z.len();
             best = (Coder::Zstd, Some(z));
@@ -86,8 +103,8 @@ fn encode_sparse(plane: &[u8]) -> Option<Vec<u8>> {
             values.extend(group.iter().filter(|&&b| b != 0));
         }
     }
-    let bz = zstd::bulk::compress(&bitmap, ZSTD_LEVEL).ok()?;
-    let vz = zstd::bulk::compress(&values, ZSTD_LEVEL).ok()?;
+    let bz = zstd1(&bitmap).ok()?;
+    let vz = zstd1(&values).ok()?;
     let mut out = Vec::with_capacity(4 + bz.len() + vz.len());
     out.extend_from_slice(&u32::try_from(bz.len()).ok()?.to_le_bytes());
     out.extend_from_slice(&bz);
@@ -218,7 +235,12 @@ pub fn decode(coder: Coder, data: &[u8], n: usize) -> Result<Vec<u8>, String> {
 
 fn unzstd(data: &[u8], n: usize) -> Result<Vec<u8>, String> {
     let mut out = vec![0u8; n];
-    let got = zstd::bulk::decompress_to_buffer(data, &mut out[..]).map_err(|e| format!("zstd stream: {e}"))?;
+    let got = DECOMPRESSOR
+        .with(|d| match d.borrow_mut().as_mut() {
+            Some(d) => d.decompress_to_buffer(data, &mut out[..]),
+            None => zstd::bulk::decompress_to_buffer(data, &mut out[..]),
+        })
+        .map_err(|e| format!("zstd stream: {e}"))?;
     if got != n {
         return Err(format!("zstd stream decodes to {got} bytes, expected {n}"));
     }
