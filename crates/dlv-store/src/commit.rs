@@ -284,7 +284,11 @@ impl Repository {
                         info.name
                     )));
                 }
-                let base = planner.base_for(self, info);
+                let plan = planner.plan(self, info);
+                let base = match &plan {
+                    Plan::Forward(b) => b.clone(),
+                    Plan::Reverse(_) => None,
+                };
                 let mut w = self.objects().tensor_writer(
                     TensorLayout::of(info.dtype),
                     info.byte_len(),
@@ -304,6 +308,15 @@ impl Repository {
                 if !put.existed {
                     written.0 += 1;
                     written.1 += put.stored;
+                }
+                if let Plan::Reverse(parent) = &plan {
+                    if *parent != put.id {
+                        // The new object is durable; re-coding the parent in place (same id,
+                        // same content, atomic rename) keeps every version readable even if
+                        // this commit never completes (gc keeps bases of referenced objects).
+                        let stored = self.objects().recode(&parent.clone(), TensorLayout::of(info.dtype), info.byte_len(), Some(&put.id), planner.config.delta)?;
+                        written.1 = written.1.saturating_sub(stored.0).saturating_add(stored.1);
+                    }
                 }
                 record.tensors.push(TensorEntry {
                     name: info.name.clone(),
@@ -424,44 +437,92 @@ impl Repository {
     }
 }
 
-/// Chooses the delta base of each committed tensor: the tensor of the same name, dtype and
-/// shape in the first parent that has one, provided that base is a tensor object whose delta
-/// chain leaves room under `storage.max_chain`; otherwise the tensor is stored whole (a
-/// keyframe), which bounds the cost of recreating any version.
+/// Chooses how each committed tensor is coded.
+///
+/// Reverse deltas (the default, `storage.reverse = true`): when the first parent is the tip of
+/// a series (no other child yet) and its tensor of the same name, dtype and shape is stored
+/// whole, the new tensor is stored whole and that parent tensor is then re-coded as a delta
+/// against it, so the newest version always reads in one step; this happens only while the
+/// chains that end at the parent tensor leave room under `storage.max_chain`, otherwise the
+/// parent stays a keyframe. In every other case (a second child of a version, reverse deltas
+/// off) the new tensor is a forward delta against the parent's tensor if that one's chain leaves
+/// room, or a keyframe.
 pub(crate) struct DeltaPlanner {
     pub(crate) config: StorageConfig,
     parents: Vec<Vec<TensorEntry>>,
+    /// First-parent ancestors of the commit (parent first), for reverse deltas; empty when the
+    /// parent already has a child or reverse deltas are off.
+    lineage: Vec<Vec<TensorEntry>>,
+}
+
+/// How one tensor is coded.
+pub(crate) enum Plan {
+    /// Stored against this base (or whole).
+    Forward(Option<String>),
+    /// Stored whole; then this parent object is re-coded against it.
+    Reverse(String),
 }
 
 impl DeltaPlanner {
     pub(crate) fn new(repo: &Repository, parents: &[String]) -> Result<DeltaPlanner> {
         let config = StorageConfig::load(repo.dot_dir())?;
         let mut tensors = Vec::new();
+        let mut lineage = Vec::new();
         if config.max_chain > 0 && config.delta != crate::codec::DeltaMode::Off {
             for p in parents {
                 tensors.push(repo.get(p)?.tensors);
             }
+            if let Some(first) = parents.first().filter(|_| config.reverse) {
+                if repo.children_of(first)?.is_empty() {
+                    let mut cur = Some(first.clone());
+                    while let Some(id) = cur.take() {
+                        if lineage.len() > config.max_chain {
+                            break;
+                        }
+                        let r = repo.get(&id)?;
+                        cur = r.parents.first().cloned();
+                        lineage.push(r.tensors);
+                    }
+                }
+            }
         }
-        Ok(DeltaPlanner { config, parents: tensors })
+        Ok(DeltaPlanner { config, parents: tensors, lineage })
     }
 
-    pub(crate) fn base_for(&self, repo: &Repository, info: &TensorInfo) -> Option<String> {
+    pub(crate) fn plan(&self, repo: &Repository, info: &TensorInfo) -> Plan {
         let dtype = info.dtype.as_str();
         let shape: Vec<u64> = info.shape.iter().map(|&d| d as u64).collect();
-        let entry = self
-            .parents
-            .iter()
-            .flatten()
-            .find(|t| t.name == info.name && t.dtype == dtype && t.shape == shape)?;
+        let same = |t: &&TensorEntry| t.name == info.name && t.dtype == dtype && t.shape == shape;
+        let Some(entry) = self.parents.iter().flatten().find(same) else { return Plan::Forward(None) };
         let objects = repo.objects();
-        let base_info = objects.info(&entry.object).ok()?;
-        base_info.layout?;
+        let Ok(base_info) = objects.info(&entry.object) else { return Plan::Forward(None) };
+        if base_info.layout.is_none() {
+            return Plan::Forward(None);
+        }
+        if base_info.base.is_none() && !self.lineage.is_empty() {
+            // The parent tensor is whole: how deep are the chains that end at it? Along the
+            // lineage, each older tensor coded against the next newer one adds a link.
+            let mut height = 0;
+            let mut newer = entry.object.clone();
+            for tensors in self.lineage.iter().skip(1) {
+                let Some(t) = tensors.iter().find(same) else { break };
+                if t.object == newer || objects.base_of(&t.object).ok().flatten().as_deref() != Some(newer.as_str()) {
+                    break;
+                }
+                height += 1;
+                newer = t.object.clone();
+            }
+            if height < self.config.max_chain {
+                return Plan::Reverse(entry.object.clone());
+            }
+            return Plan::Forward(None);
+        }
         match objects.chain_len(&entry.object) {
-            Ok(depth) if depth < self.config.max_chain => Some(entry.object.clone()),
-            Ok(_) => None,
+            Ok(depth) if depth < self.config.max_chain => Plan::Forward(Some(entry.object.clone())),
+            Ok(_) => Plan::Forward(None),
             Err(e) => {
                 tracing::warn!(object = %entry.object, error = %e, "not using a damaged delta chain as a base");
-                None
+                Plan::Forward(None)
             }
         }
     }

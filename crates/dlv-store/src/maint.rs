@@ -372,14 +372,7 @@ impl Repository {
 
     /// Re-encodes object `id` (same content, same id) against `base`.
     fn rewrite(&self, id: &str, layout: TensorLayout, len: u64, base: Option<&str>, cfg: StorageConfig) -> Result<()> {
-        let objects = self.objects();
-        let mut w = objects.tensor_writer(layout, len, base, cfg.delta, true)?;
-        objects.get_into(id, &mut w)?;
-        let put = w.finish()?;
-        if put.id != id {
-            return Err(StoreError::CorruptObject { id: id.to_string(), msg: format!("re-encodes to {}", put.id) });
-        }
-        Ok(())
+        self.objects().recode(id, layout, len, base, cfg.delta).map(|_| ())
     }
 }
 
@@ -577,9 +570,10 @@ mod tests {
                 }
             }
         }
-        // Deltas were used (the frozen tensor is one object shared by every version).
-        assert!(depths.iter().any(|&d| d > 0), "{depths:?}");
-        assert_eq!(depths[4], 0, "keyframe after 3 links: {depths:?}");
+        // Reverse deltas: the newest version is whole, each older one a delta against the next,
+        // and a keyframe stays behind every max_chain + 1 versions. (The frozen tensor is one
+        // object shared by every version.)
+        assert_eq!(depths, [3, 2, 1, 0, 3, 2, 1, 0, 0]);
         let frozen: BTreeSet<String> =
             ids.iter().map(|id| Ok(repo.get(id)?.tensors[1].object.clone())).collect::<Result<_>>()?;
         assert_eq!(frozen.len(), 1);
@@ -618,15 +612,48 @@ mod tests {
     }
 
     #[test]
+    fn forward_deltas_and_second_children() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
+        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
+        let repo = Repository::init(&dir)?;
+        set_config(&dir, "max_chain = 3\nreverse = false")?;
+        let mut ids = Vec::new();
+        for step in 0..5 {
+            ids.push(commit(&repo, &dir, step * 10)?);
+        }
+        let depth = |id: &str| -> Result<usize> { repo.objects().chain_len(&repo.get(id)?.tensors[0].object) };
+        let depths: Vec<usize> = ids.iter().map(|id| depth(id)).collect::<Result<_>>()?;
+        assert_eq!(depths, [0, 1, 2, 3, 0]);
+
+        // With reverse deltas, a second child of a version is a forward delta: the first child
+        // already took the reverse link.
+        set_config(&dir, "max_chain = 3")?;
+        let tip = commit(&repo, &dir, 60)?;
+        assert_eq!(depth(&tip)?, 0);
+        assert_eq!(depth(&ids[4])?, 1);
+        weights_file(&dir, "w.safetensors", 61, 0)?;
+        repo.add(&[dir.join("w.safetensors")])?;
+        let opts = CommitOptions { name: "m".into(), author: "t".into(), parents: vec![ids[4].clone()], ..Default::default() };
+        let sibling = repo.commit(&opts, &NoProgress)?;
+        assert_eq!(depth(&sibling.id)?, 2);
+        for id in ids.iter().chain([&tip, &sibling.id]) {
+            assert!(repo.objects().verify(&repo.get(id)?.tensors[0].object).is_ok());
+        }
+        assert!(repo.fsck()?.is_ok());
+        Ok(())
+    }
+
+    #[test]
     fn gc_keeps_bases_and_fsck_finds_a_missing_base() -> Result<()> {
         let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
         let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
         let repo = Repository::init(&dir)?;
         let a = commit(&repo, &dir, 0)?;
         let b = commit(&repo, &dir, 10)?;
-        let delta = repo.get(&b)?.tensors[0].object.clone();
+        // Reverse delta: the older version's tensor is coded against the newer one.
+        let delta = repo.get(&a)?.tensors[0].object.clone();
         let base = repo.objects().base_of(&delta)?.ok_or_else(|| StoreError::Invalid("no delta".into()))?;
-        assert_eq!(base, repo.get(&a)?.tensors[0].object);
+        assert_eq!(base, repo.get(&b)?.tensors[0].object);
 
         // A version whose delta's base no version references: gc must keep the base.
         let only_base = {

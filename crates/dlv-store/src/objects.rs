@@ -236,6 +236,20 @@ impl ObjectStore {
         })
     }
 
+    /// Re-encodes tensor object `id` in place (same id, same content) against `base` (or whole),
+    /// through a temporary file renamed over the old one. Returns the stored sizes before and
+    /// after.
+    pub fn recode(&self, id: &str, layout: TensorLayout, len: u64, base: Option<&str>, mode: DeltaMode) -> Result<(u64, u64)> {
+        let before = self.stored_size(id)?;
+        let mut w = self.tensor_writer(layout, len, base, mode, true)?;
+        self.get_into(id, &mut w)?;
+        let put = w.finish()?;
+        if put.id != id {
+            return Err(corrupt(id, format!("re-encodes to {}", put.id)));
+        }
+        Ok((before, self.stored_size(id)?))
+    }
+
     /// Streams everything `src` yields into a new object.
     pub fn put_reader(&self, src: &mut dyn Read) -> Result<PutOutcome> {
         let mut w = self.writer()?;

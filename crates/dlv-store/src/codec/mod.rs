@@ -131,6 +131,9 @@ pub struct StorageConfig {
     /// Longest delta chain from any tensor object to a materialised one.
     pub max_chain: usize,
     pub delta: DeltaMode,
+    /// Reverse deltas: the newest version of a series is stored whole and its parent re-coded
+    /// against it.
+    pub reverse: bool,
 }
 
 /// Default bound on delta chains.
@@ -138,7 +141,7 @@ pub const DEFAULT_MAX_CHAIN: usize = 10;
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { max_chain: DEFAULT_MAX_CHAIN, delta: DeltaMode::Auto }
+        StorageConfig { max_chain: DEFAULT_MAX_CHAIN, delta: DeltaMode::Auto, reverse: true }
     }
 }
 
@@ -154,6 +157,9 @@ impl StorageConfig {
             if let Some(v) = s.get("max_chain") {
                 let n = v.as_integer().filter(|n| (0..=1000).contains(n));
                 cfg.max_chain = n.ok_or_else(|| bad("storage.max_chain must be an integer 0..=1000".into()))? as usize;
+            }
+            if let Some(v) = s.get("reverse") {
+                cfg.reverse = v.as_bool().ok_or_else(|| bad("storage.reverse must be true or false".into()))?;
             }
             if let Some(v) = s.get("delta") {
                 cfg.delta = v
