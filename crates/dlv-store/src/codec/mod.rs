@@ -492,7 +492,7 @@ pub fn decode_residual(
             Ok((p, desc, part))
         })
         .collect::<Result<_, String>>()?;
-    parts.sort_by(|a, b| b.0.cmp(&a.0));
+    parts.sort_by_key(|part| std::cmp::Reverse(part.0));
     let mut planes: Planes = vec![Vec::new(); width];
     let mut lead: Option<Vec<bool>> = None;
     let mut sums = Vec::with_capacity(parts.len());
@@ -523,24 +523,32 @@ pub fn decode_residual(
     if let Some(bm) = bitmap {
         // Planes that were decoded (possibly empty when every word is zero) go back to n.
         let lowest = width - sums.len();
-        planes[lowest..].par_iter_mut().for_each(|p| *p = expand(p, &bm, n));
+        let positions = set_positions(&bm, m);
+        planes[lowest..].par_iter_mut().for_each(|p| *p = expand(p, &positions, n));
     }
     Ok(planes)
 }
 
-/// Scatters the bytes of the non-zero elements back to their positions (zeros elsewhere).
-fn expand(compact: &[u8], bitmap: &[u8], n: usize) -> Vec<u8> {
-    let mut out = vec![0u8; n];
-    let mut src = compact.iter();
+/// Indices of the set bits of a bitmap (LSB first), at most `m` of them.
+fn set_positions(bitmap: &[u8], m: usize) -> Vec<u32> {
+    let mut pos = Vec::with_capacity(m);
     for (k, &byte) in bitmap.iter().enumerate() {
         let mut bits = byte;
         while bits != 0 {
-            let i = k * 8 + bits.trailing_zeros() as usize;
+            pos.push((k * 8) as u32 + bits.trailing_zeros());
             bits &= bits - 1;
-            // The caller counted exactly one compact byte per set bit and no bit past `n`.
-            if let (Some(o), Some(&v)) = (out.get_mut(i), src.next()) {
-                *o = v;
-            }
+        }
+    }
+    pos
+}
+
+/// Scatters the bytes of the non-zero elements back to their positions (zeros elsewhere).
+fn expand(compact: &[u8], positions: &[u32], n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    // The caller counted exactly one compact byte per position, each below `n`.
+    for (&i, &v) in positions.iter().zip(compact) {
+        if let Some(o) = out.get_mut(i as usize) {
+            *o = v;
         }
     }
     out
