@@ -284,9 +284,9 @@ impl ObjectStore {
             let mut rd = ChunkReader::from_file(self, id, file, info, 0)?;
             let width = rd.layout.width;
             let mut buf = Vec::new();
-            while let Some(planes) = rd.next(width)? {
+            while let Some(words) = rd.next_words()? {
                 buf.clear();
-                planes::join_top(&planes, 0, &mut buf);
+                codec::words_to_le(&words, width, &mut buf);
                 got += buf.len() as u64;
                 hasher.update(&buf);
                 out.write_all(&buf).map_err(|e| StoreError::io("<output>", e))?;
@@ -660,10 +660,10 @@ impl TensorWriter {
 
     fn write_chunk(&mut self, data: &[u8]) -> Result<()> {
         let base = match self.base.as_mut() {
-            Some(b) => b.next(self.layout.width)?,
+            Some(b) => b.next_words()?,
             None => None,
         };
-        let enc = codec::encode_chunk(data, base.as_ref(), self.layout, self.mode);
+        let enc = codec::encode_chunk(data, base.as_deref(), self.layout, self.mode);
         if enc.header.transform != Transform::None {
             self.used_base = true;
         }
@@ -896,6 +896,48 @@ impl ChunkReader {
             (own?, Some(base))
         };
         let value = codec::combine(&h, own, base.as_ref(), keep).map_err(|m| self.corrupt(m))?;
+        self.remaining -= h.elems;
+        self.index += 1;
+        Ok(Some(value))
+    }
+
+    /// Decodes the next chunk in full as words (the fast path of full reads and of delta bases).
+    fn next_words(&mut self) -> Result<Option<Vec<u64>>> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let width = self.layout.width;
+        let h = self.read_header()?;
+        let mask = match h.mask {
+            Some(d) => {
+                let mut bytes = vec![0u8; d.len as usize];
+                self.r.read_exact(&mut bytes).map_err(|_| self.corrupt("file ends inside the mask"))?;
+                Some(bytes)
+            }
+            None => None,
+        };
+        let mut coded: Vec<(usize, codec::StreamDesc, Vec<u8>)> = Vec::with_capacity(width);
+        for (k, desc) in h.streams.iter().enumerate() {
+            let p = width - 1 - k;
+            let mut bytes = vec![0u8; desc.len as usize];
+            self.r.read_exact(&mut bytes).map_err(|_| self.corrupt(format!("file ends inside plane {p}")))?;
+            coded.push((p, *desc, bytes));
+        }
+        let id = self.id.clone();
+        let index = self.index;
+        let hh = h.clone();
+        let decode_own = move || -> Result<Vec<u64>> {
+            codec::decode_residual_words(&hh, width, mask.as_deref(), coded).map_err(|m| corrupt(&id, format!("chunk {index}, {m}")))
+        };
+        let (own, base) = if h.transform == Transform::None {
+            (decode_own()?, None)
+        } else {
+            let b = self.base_at_current()?;
+            let (own, base) = rayon::join(decode_own, || b.next_words());
+            let base = base?.ok_or_else(|| corrupt(&self.id, "base ends before this object"))?;
+            (own?, Some(base))
+        };
+        let value = codec::combine_words(&h, own, base.as_deref(), width).map_err(|m| self.corrupt(m))?;
         self.remaining -= h.elems;
         self.index += 1;
         Ok(Some(value))

@@ -293,11 +293,11 @@ impl EncodedChunk {
 /// Encodes one chunk of `layout`-shaped elements (`value` as planes), choosing the transform by
 /// the order-0 entropy of the residual planes (a fast, accurate proxy of the coded size) and
 /// each plane's coder by the size it actually codes to. Planes are coded in parallel.
-pub fn encode_chunk(value: &[u8], base: Option<&Planes>, layout: TensorLayout, mode: DeltaMode) -> EncodedChunk {
+pub fn encode_chunk(value: &[u8], base: Option<&[u64]>, layout: TensorLayout, mode: DeltaMode) -> EncodedChunk {
     let width = layout.width.clamp(1, 8);
     let elems = (value.len() / width) as u64;
     let vw = le_words(value, width);
-    let bw = base.map(|b| words_of(b, vw.len()));
+    let bw = base.filter(|b| b.len() == vw.len());
     let mut transforms = vec![Transform::None];
     if base.is_some() {
         match mode {
@@ -307,12 +307,12 @@ pub fn encode_chunk(value: &[u8], base: Option<&Planes>, layout: TensorLayout, m
             DeltaMode::Off => {}
         }
     }
-    let (best, _) = best_candidate(&vw, bw.as_deref(), layout, &transforms);
+    let (best, _) = best_candidate(&vw, bw, layout, &transforms);
     let n = elems as usize;
     // One pass in the word domain: transform, rotation, the non-zero bitmap and the compact
     // list of non-zero words; the planes are cut from that list.
     let mut words = vw;
-    transform_words(&mut words, bw.as_deref(), width, best.0, best.1);
+    transform_words(&mut words, bw, width, best.0, best.1);
     let zeros = words.iter().filter(|&&w| w == 0).count();
     let masked = n > 0 && zeros * MASK_MIN_ZEROS >= n;
     let (words, mask) = if masked {
@@ -372,7 +372,7 @@ fn words_of(planes: &Planes, n: usize) -> Vec<u64> {
 }
 
 /// Little-endian words of `width` bytes from bytes (a trailing partial word is ignored).
-fn le_words(data: &[u8], width: usize) -> Vec<u64> {
+pub fn le_words(data: &[u8], width: usize) -> Vec<u64> {
     match width {
         2 => data.chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]]) as u64).collect(),
         4 => data.chunks_exact(4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64).collect(),
@@ -448,6 +448,47 @@ fn code_plane(plane: &[u8], lead: Option<(&[u64], usize)>) -> (Coder, Vec<u8>) {
     (c, bytes)
 }
 
+/// A decoded plane stream: whole, or the two parts of a split plane (lead part first).
+enum Part {
+    Whole(Vec<u8>),
+    Split(Vec<u8>, Vec<u8>),
+}
+
+/// Decodes the non-zero bitmap of a masked chunk (`None` for an unmasked one).
+fn decode_mask(h: &ChunkHeader, mask: Option<&[u8]>, n: usize) -> Result<Option<Vec<u8>>, String> {
+    match (h.mask, mask) {
+        (Some(d), Some(bytes)) => {
+            let bm = stream::decode(d.coder, bytes, n.div_ceil(8)).map_err(|m| format!("mask: {m}"))?;
+            if plane_sum(&bm) != d.sum {
+                return Err("mask: fails its checksum".into());
+            }
+            if n % 8 != 0 && bm.last().is_some_and(|&b| b >> (n % 8) != 0) {
+                return Err("mask: marks elements past the end".into());
+            }
+            Ok(Some(bm))
+        }
+        (None, _) => Ok(None),
+        (Some(_), None) => Err("mask stream missing".into()),
+    }
+}
+
+/// Decompresses plane streams of `m` elements each, in parallel.
+fn decode_parts(coded: Vec<(usize, StreamDesc, Vec<u8>)>, m: usize) -> Result<Vec<(usize, StreamDesc, Part)>, String> {
+    coded
+        .into_par_iter()
+        .map(|(p, desc, bytes)| {
+            let part = match desc.coder {
+                Coder::Split => {
+                    let (a, b) = stream::decode_split_parts(&bytes, m).map_err(|e| format!("plane {p}: {e}"))?;
+                    Part::Split(a, b)
+                }
+                c => Part::Whole(stream::decode(c, &bytes, m).map_err(|e| format!("plane {p}: {e}"))?),
+            };
+            Ok((p, desc, part))
+        })
+        .collect()
+}
+
 /// Decodes the residual planes of a chunk from its streams: `mask` is the mask stream (for a
 /// masked chunk), `coded` the streams of the planes wanted (plane index, descriptor, bytes),
 /// which must be the top ones. Every stream is decompressed in parallel; then planes are put
@@ -460,38 +501,9 @@ pub fn decode_residual(
     coded: Vec<(usize, StreamDesc, Vec<u8>)>,
 ) -> Result<Planes, String> {
     let n = h.elems as usize;
-    let bitmap = match (h.mask, mask) {
-        (Some(d), Some(bytes)) => {
-            let bm = stream::decode(d.coder, bytes, n.div_ceil(8)).map_err(|m| format!("mask: {m}"))?;
-            if plane_sum(&bm) != d.sum {
-                return Err("mask: fails its checksum".into());
-            }
-            if n % 8 != 0 && bm.last().is_some_and(|&b| b >> (n % 8) != 0) {
-                return Err("mask: marks elements past the end".into());
-            }
-            Some(bm)
-        }
-        (None, _) => None,
-        (Some(_), None) => return Err("mask stream missing".into()),
-    };
+    let bitmap = decode_mask(h, mask, n)?;
     let m = bitmap.as_ref().map_or(n, |bm| bm.iter().map(|b| b.count_ones() as usize).sum());
-    enum Part {
-        Whole(Vec<u8>),
-        Split(Vec<u8>, Vec<u8>),
-    }
-    let mut parts: Vec<(usize, StreamDesc, Part)> = coded
-        .into_par_iter()
-        .map(|(p, desc, bytes)| {
-            let part = match desc.coder {
-                Coder::Split => {
-                    let (a, b) = stream::decode_split_parts(&bytes, m).map_err(|e| format!("plane {p}: {e}"))?;
-                    Part::Split(a, b)
-                }
-                c => Part::Whole(stream::decode(c, &bytes, m).map_err(|e| format!("plane {p}: {e}"))?),
-            };
-            Ok((p, desc, part))
-        })
-        .collect::<Result<_, String>>()?;
+    let mut parts = decode_parts(coded, m)?;
     parts.sort_by_key(|part| std::cmp::Reverse(part.0));
     let mut planes: Planes = vec![Vec::new(); width];
     let mut lead: Option<Vec<bool>> = None;
@@ -527,6 +539,119 @@ pub fn decode_residual(
         planes[lowest..].par_iter_mut().for_each(|p| *p = expand(p, &positions, n));
     }
     Ok(planes)
+}
+
+/// Decodes the full residual of a chunk as words (every plane), the fast path of full reads:
+/// the planes are assembled into words from the top down (a split plane takes its context from
+/// the bytes already in the word), checked against their checksums, and scattered through the
+/// mask. `coded` holds every plane's (index, descriptor, bytes).
+pub fn decode_residual_words(
+    h: &ChunkHeader,
+    width: usize,
+    mask: Option<&[u8]>,
+    coded: Vec<(usize, StreamDesc, Vec<u8>)>,
+) -> Result<Vec<u64>, String> {
+    let n = h.elems as usize;
+    let bitmap = decode_mask(h, mask, n)?;
+    let m = bitmap.as_ref().map_or(n, |bm| bm.iter().map(|b| b.count_ones() as usize).sum());
+    if coded.len() != width {
+        return Err("a full decode needs every plane".into());
+    }
+    let mut parts = decode_parts(coded, m)?;
+    parts.sort_by_key(|part| std::cmp::Reverse(part.0));
+    let mut words = vec![0u64; m];
+    let mut planes: Vec<(usize, [u8; 8], Vec<u8>)> = Vec::with_capacity(width);
+    for (i, (p, desc, part)) in parts.into_iter().enumerate() {
+        if p + i + 1 != width {
+            return Err(format!("plane {p} out of order"));
+        }
+        let plane = match part {
+            Part::Whole(v) => v,
+            Part::Split(a, b) => {
+                if p + 1 == width {
+                    return Err(format!("plane {p}: the top plane cannot be split"));
+                }
+                let shift = 8 * (p as u32 + 1);
+                let (mut ia, mut ib) = (a.iter(), b.iter());
+                let mut plane = Vec::with_capacity(m);
+                for &w in &words {
+                    let next = if w >> shift == 0 { ia.next() } else { ib.next() };
+                    plane.push(*next.ok_or_else(|| format!("plane {p}: split part too short"))?);
+                }
+                if ia.next().is_some() || ib.next().is_some() {
+                    return Err(format!("plane {p}: split part too long"));
+                }
+                plane
+            }
+        };
+        for (w, &b) in words.iter_mut().zip(&plane) {
+            *w |= (b as u64) << (8 * p);
+        }
+        planes.push((p, desc.sum, plane));
+    }
+    planes.par_iter().try_for_each(|(p, sum, plane)| {
+        if plane_sum(plane) != *sum {
+            return Err(format!("plane {p}: fails its checksum"));
+        }
+        Ok(())
+    })?;
+    Ok(match bitmap {
+        Some(bm) => {
+            let mut out = vec![0u64; n];
+            for (&i, &w) in set_positions(&bm, m).iter().zip(&words) {
+                if let Some(o) = out.get_mut(i as usize) {
+                    *o = w;
+                }
+            }
+            out
+        }
+        None => words,
+    })
+}
+
+/// The value words of a chunk from its residual words and, for deltas, the base's words.
+pub fn combine_words(h: &ChunkHeader, mut r: Vec<u64>, base: Option<&[u64]>, width: usize) -> Result<Vec<u64>, String> {
+    let bits = 8 * width.clamp(1, 8) as u32;
+    let m = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    if h.flags & FLAG_ROTATE != 0 && width >= 2 {
+        let sh = bits - 16;
+        let low = if sh == 0 { 0 } else { (1u64 << sh) - 1 };
+        for x in r.iter_mut() {
+            let t16 = (*x >> sh) & 0xffff;
+            *x = (*x & low) | ((((t16 >> 1) | (t16 << 15)) & 0xffff) << sh);
+        }
+    }
+    match h.transform {
+        Transform::None => {}
+        t => {
+            let b = base.ok_or("delta chunk without a base")?;
+            if b.len() != r.len() {
+                return Err("base chunk does not match".into());
+            }
+            if t == Transform::Xor {
+                for (x, y) in r.iter_mut().zip(b) {
+                    *x ^= y;
+                }
+            } else {
+                for (x, y) in r.iter_mut().zip(b) {
+                    let z = *x;
+                    *x = y.wrapping_add((z >> 1) ^ ((z & 1).wrapping_neg() & m)) & m;
+                }
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Little-endian bytes of `width`-byte words, appended to `out`.
+pub fn words_to_le(words: &[u64], width: usize, out: &mut Vec<u8>) {
+    out.reserve(words.len() * width);
+    match width {
+        2 => words.iter().for_each(|&w| out.extend_from_slice(&(w as u16).to_le_bytes())),
+        4 => words.iter().for_each(|&w| out.extend_from_slice(&(w as u32).to_le_bytes())),
+        8 => words.iter().for_each(|&w| out.extend_from_slice(&w.to_le_bytes())),
+        _ => words.iter().for_each(|&w| out.extend_from_slice(&w.to_le_bytes()[..width.min(8)])),
+    }
 }
 
 /// Indices of the set bits of a bitmap (LSB first), at most `m` of them.
@@ -674,8 +799,8 @@ pub fn encode_tensor(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mo
         .chunks(cb)
         .enumerate()
         .map(|(i, v)| {
-            let bp = base.map(|b| planes::split(&b[i * cb..i * cb + v.len()], layout.width));
-            encode_chunk(v, bp.as_ref(), layout, mode)
+            let bw = base.map(|b| le_words(&b[i * cb..i * cb + v.len()], layout.width));
+            encode_chunk(v, bw.as_deref(), layout, mode)
         })
         .collect();
     EncodedTensor { layout, chunks, hash: blake3::hash(value) }
@@ -691,16 +816,16 @@ pub fn decode_tensor(t: &EncodedTensor, base: Option<&[u8]>) -> Result<Vec<u8>, 
         let mut it = c.streams.iter();
         let mask = c.header.mask.and_then(|_| it.next().map(Vec::as_slice));
         let coded = c.header.streams.iter().zip(it).enumerate().map(|(k, (d, b))| (w - 1 - k, *d, b.clone())).collect();
-        let r = decode_residual(&c.header, w, mask, coded)?;
+        let r = decode_residual_words(&c.header, w, mask, coded)?;
         let n = c.header.elems as usize * w;
-        let bp = match (c.header.transform, base) {
+        let bw = match (c.header.transform, base) {
             (Transform::None, _) => None,
-            (_, Some(b)) => Some(planes::split(b.get(i * cb..i * cb + n).ok_or("base too short")?, w)),
+            (_, Some(b)) => Some(le_words(b.get(i * cb..i * cb + n).ok_or("base too short")?, w)),
             (_, None) => return Err("delta chunk without its base".into()),
         };
-        let v = combine(&c.header, r, bp.as_ref(), w)?;
+        let v = combine_words(&c.header, r, bw.as_deref(), w)?;
         let start = out.len();
-        planes::join_top(&v, 0, &mut out);
+        words_to_le(&v, w, &mut out);
         hasher.update(&out[start..]);
     }
     if hasher.finalize() != t.hash {

@@ -9,7 +9,8 @@ fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: Delt
     let w = layout.width;
     let vp = split(value, w);
     let bp = base.map(|b| split(b, w));
-    let enc = encode_chunk(value, bp.as_ref(), layout, mode);
+    let bw = base.map(|b| le_words(b, w));
+    let enc = encode_chunk(value, bw.as_deref(), layout, mode);
     let header = ChunkHeader::parse(&enc.header.to_bytes(), w)?;
     assert_eq!(header, enc.header);
     // Full decode.
@@ -19,6 +20,12 @@ fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: Delt
     let mut out = Vec::new();
     join_top(&full, 0, &mut out);
     assert_eq!(out, value, "full decode differs ({:?})", header.transform);
+    // The word path of full reads agrees.
+    let words = decode_residual_words(&header, w, mask.as_deref(), coded.clone())?;
+    let vw = combine_words(&header, words, bw.as_deref(), w)?;
+    let mut out = Vec::new();
+    words_to_le(&vw, w, &mut out);
+    assert_eq!(out, value, "word decode differs ({:?})", header.transform);
     // Every partial decode from only the planes it needs equals truncation.
     for keep in 1..=w {
         let need = planes_needed(&header, w, keep);
