@@ -182,6 +182,14 @@ pub struct CheckoutArgs {
 }
 
 fn main() -> ExitCode {
+    // candle runs large elementwise ops on a pool of spinning threads of its own, beside rayon's
+    // (matrix products and the trainer's own ops): on a few cores the two pools spin against
+    // each other, and a LeNet step lost a quarter of its time at that pool's barrier (measured).
+    // Those adds and multiplies are memory-bound, so they stay on one thread unless the user
+    // says otherwise. Set here, before any thread exists, because the environment is shared.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let matches = Cli::command().get_matches();
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -44,6 +44,15 @@ struct Col2im {
     dims: (usize, usize, usize, usize),
 }
 
+/// The output columns `ox0..ox1` whose tap at offset `off` (`kx * dilation`) lands inside an
+/// input row of width `w`: hoisting the padding test out of the inner loops lets them copy.
+fn valid_span(ow: usize, off: usize, stride: usize, pad: usize, w: usize) -> (usize, usize) {
+    // First ox with ox*stride + off >= pad; last with ox*stride + off < w + pad.
+    let lo = pad.saturating_sub(off).div_ceil(stride.max(1));
+    let hi = if w + pad > off { ((w + pad - off - 1) / stride.max(1) + 1).min(ow) } else { 0 };
+    (lo.min(hi), hi)
+}
+
 fn im2col_impl<T: WithDType>(x: &[T], (n, c, h, w): (usize, usize, usize, usize), g: &ConvGeom) -> candle_core::Result<(Vec<T>, Shape)> {
     let Some((oh, ow)) = g.out_hw(h, w) else { candle_core::bail!("kernel {:?} does not fit an input of {h}x{w}", g.kernel) };
     let (kh, kw) = g.kernel;
@@ -54,19 +63,22 @@ fn im2col_impl<T: WithDType>(x: &[T], (n, c, h, w): (usize, usize, usize, usize)
     // One row per (channel, ky, kx), holding that tap for every output position of every image.
     out.par_chunks_mut(cols.max(1)).enumerate().for_each(|(row, dst)| {
         let (ch, ky, kx) = (row / (kh * kw), (row / kw) % kh, row % kw);
+        let (ox0, ox1) = valid_span(ow, kx * g.dilation, g.stride, g.pad.1, w);
         for img in 0..n {
             let src = &x[(img * c + ch) * h * w..(img * c + ch + 1) * h * w];
             for oy in 0..oh {
                 let iy = (oy * g.stride + ky * g.dilation) as isize - g.pad.0 as isize;
-                if iy < 0 || iy as usize >= h {
+                if iy < 0 || iy as usize >= h || ox0 >= ox1 {
                     continue;
                 }
                 let srow = &src[iy as usize * w..(iy as usize + 1) * w];
-                let drow = &mut dst[img * p + oy * ow..img * p + (oy + 1) * ow];
-                for (ox, d) in drow.iter_mut().enumerate() {
-                    let ix = (ox * g.stride + kx * g.dilation) as isize - g.pad.1 as isize;
-                    if ix >= 0 && (ix as usize) < w {
-                        *d = srow[ix as usize];
+                let drow = &mut dst[img * p + oy * ow + ox0..img * p + oy * ow + ox1];
+                let ix0 = ox0 * g.stride + kx * g.dilation - g.pad.1;
+                if g.stride == 1 {
+                    drow.copy_from_slice(&srow[ix0..ix0 + drow.len()]);
+                } else {
+                    for (d, s) in drow.iter_mut().zip(srow[ix0..].iter().step_by(g.stride)) {
+                        *d = *s;
                     }
                 }
             }
@@ -90,17 +102,20 @@ fn col2im_impl<T: WithDType>(cols: &[T], (n, c, h, w): (usize, usize, usize, usi
             let (ch, ky, kx) = (row / (kh * kw), (row / kw) % kh, row % kw);
             let src = &cols[row * n * p + img * p..row * n * p + (img + 1) * p];
             let plane = &mut dst[ch * h * w..(ch + 1) * h * w];
+            let (ox0, ox1) = valid_span(ow, kx * g.dilation, g.stride, g.pad.1, w);
+            if ox0 >= ox1 {
+                continue;
+            }
             for oy in 0..oh {
                 let iy = (oy * g.stride + ky * g.dilation) as isize - g.pad.0 as isize;
                 if iy < 0 || iy as usize >= h {
                     continue;
                 }
                 let prow = &mut plane[iy as usize * w..(iy as usize + 1) * w];
-                for ox in 0..ow {
-                    let ix = (ox * g.stride + kx * g.dilation) as isize - g.pad.1 as isize;
-                    if ix >= 0 && (ix as usize) < w {
-                        prow[ix as usize] += src[oy * ow + ox];
-                    }
+                let srow = &src[oy * ow + ox0..oy * ow + ox1];
+                let ix0 = ox0 * g.stride + kx * g.dilation - g.pad.1;
+                for (d, &v) in prow[ix0..].iter_mut().step_by(g.stride).zip(srow) {
+                    *d += v;
                 }
             }
         }
@@ -176,15 +191,20 @@ impl ConvOp {
         let (og, k, p) = (o / groups, cg * kh * kw, oh * ow);
         let mut out = vec![T::zero(); n * o * p];
         for gi in 0..groups {
-            let xg: Vec<T> = if groups == 1 {
-                x.to_vec()
+            // One group reads the input in place; several gather their channels first.
+            let xg: std::borrow::Cow<'_, [T]> = if groups == 1 {
+                std::borrow::Cow::Borrowed(x)
             } else {
                 (0..n).flat_map(|i| x[(i * c + gi * cg) * h * wdt..(i * c + (gi + 1) * cg) * h * wdt].iter().copied()).collect()
             };
             let (cols, _) = im2col_impl(&xg, (n, cg, h, wdt), &g)?;
             let cols = Tensor::from_vec(cols, (k, n * p), &Device::Cpu)?;
             let wg = Tensor::from_vec(w[gi * og * k..(gi + 1) * og * k].to_vec(), (og, k), &Device::Cpu)?;
-            let y = wg.matmul(&cols)?.flatten_all()?.to_vec1::<T>()?; // og x (N*P)
+            let y = wg.matmul(&cols)?; // og x (N*P)
+            // Read the product in place (a copy of it cost as much as the bias pass below).
+            let (storage, layout) = y.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("the CPU convolution got a non-CPU product") };
+            let y = slice::<T>(cpu, layout)?;
             out.par_chunks_mut((o * p).max(1)).enumerate().for_each(|(img, dst)| {
                 for oc in 0..og {
                     let bias = b[gi * og + oc];

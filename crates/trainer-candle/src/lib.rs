@@ -33,6 +33,7 @@ mod conv;
 pub mod data;
 mod dql;
 mod error;
+mod lrn;
 #[cfg(test)]
 mod gradcheck;
 mod model;

@@ -741,6 +741,9 @@ fn parse_op(node: &Node, slots: &[usize], opts: &BuildOptions) -> Result<Op> {
 /// Caffe LRN. Across channels: `x * (k + alpha/n * sum_{window} x^2)^-beta`; within a channel:
 /// `x * (1 + alpha * mean_{n x n window} x^2)^-beta` (Caffe's WITHIN_CHANNEL uses shift 1).
 pub fn lrn(x: &Tensor, size: usize, alpha: f64, beta: f64, k: f64, across: bool) -> candle_core::Result<Tensor> {
+    if across && size % 2 == 1 && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.contiguous()?.apply_op1(crate::lrn::LrnAcross { size, alpha, beta, k });
+    }
     let sq = x.sqr()?;
     let pre = (size - 1) / 2;
     let post = size - 1 - pre;

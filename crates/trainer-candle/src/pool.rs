@@ -9,6 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 /// Pooling method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +65,7 @@ pub fn pool(x: &Tensor, spec: &PoolSpec) -> candle_core::Result<Tensor> {
         candle_core::bail!("pooling window {:?} (pad {:?}) does not fit an input of {h}x{w}", s.kernel, s.pad);
     }
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        x.contiguous()?.apply_op1(PoolFwd(s))
+        x.contiguous()?.apply_op1(PoolFwd { spec: s, argmax: Mutex::new(None) })
     } else {
         pool_generic(x, &s)
     }
@@ -131,6 +132,54 @@ fn fwd_impl<T: WithDType>(x: &[T], (n, c, h, w): (usize, usize, usize, usize), s
     Ok((out, Shape::from((n, c, oh, ow))))
 }
 
+/// Max pooling that also records, per output, the index of the first maximum within its input
+/// plane (`u32::MAX` for an empty window), so the backward pass scatters without searching again.
+fn max_fwd_argmax<T: WithDType>(x: &[T], (n, c, h, w): (usize, usize, usize, usize), s: &PoolSpec) -> candle_core::Result<(Vec<T>, Vec<u32>, Shape)> {
+    let Some((oh, ow)) = s.out_hw(h, w) else { candle_core::bail!("pooling window does not fit") };
+    let mut out = vec![T::zero(); n * c * oh * ow];
+    let mut arg = vec![u32::MAX; n * c * oh * ow];
+    let per = (oh * ow).max(1);
+    out.par_chunks_mut(per).zip(arg.par_chunks_mut(per)).enumerate().for_each(|(plane, (dst, idx))| {
+        let src = &x[plane * h * w..(plane + 1) * h * w];
+        for oy in 0..oh {
+            let (y0, y1, _) = window(oy, s.kernel.0, s.stride.0, s.pad.0, h);
+            for ox in 0..ow {
+                let (x0, x1, _) = window(ox, s.kernel.1, s.stride.1, s.pad.1, w);
+                let mut best: Option<(usize, T)> = None;
+                for yy in y0..y1 {
+                    for (i, &v) in src[yy * w + x0..yy * w + x1].iter().enumerate() {
+                        if best.is_none_or(|(_, b)| v > b) {
+                            best = Some((yy * w + x0 + i, v));
+                        }
+                    }
+                }
+                if let Some((i, v)) = best {
+                    dst[oy * ow + ox] = v;
+                    idx[oy * ow + ox] = i as u32;
+                }
+            }
+        }
+    });
+    Ok((out, arg, Shape::from((n, c, oh, ow))))
+}
+
+/// Max pooling's input gradient from the recorded argmax: one add per output.
+fn max_bwd_argmax<T: WithDType>(g: &[T], arg: &[u32], (n, c, h, w): (usize, usize, usize, usize)) -> candle_core::Result<Vec<T>> {
+    if g.len() != arg.len() || n * c == 0 || g.len() % (n * c) != 0 {
+        candle_core::bail!("pooling gradient has {} elements for {} recorded maxima", g.len(), arg.len());
+    }
+    let per = g.len() / (n * c);
+    let mut dx = vec![T::zero(); n * c * h * w];
+    dx.par_chunks_mut((h * w).max(1)).zip(g.par_chunks(per.max(1))).zip(arg.par_chunks(per.max(1))).for_each(|((dst, gp), ap)| {
+        for (&gv, &i) in gp.iter().zip(ap) {
+            if let Some(d) = dst.get_mut(i as usize) {
+                *d += gv;
+            }
+        }
+    });
+    Ok(dx)
+}
+
 /// Gradient w.r.t. the input: max sends each output gradient to the first maximum of its
 /// window (Caffe's argmax), average spreads it evenly over the window.
 fn bwd_impl<T: WithDType>(x: &[T], g: &[T], (n, c, h, w): (usize, usize, usize, usize), s: &PoolSpec) -> candle_core::Result<Vec<T>> {
@@ -178,7 +227,25 @@ fn bwd_impl<T: WithDType>(x: &[T], g: &[T], (n, c, h, w): (usize, usize, usize, 
     Ok(dx)
 }
 
-struct PoolFwd(PoolSpec);
+struct PoolFwd {
+    spec: PoolSpec,
+    /// Max pooling's argmax from the CPU forward pass (planes are small enough for u32 when
+    /// recorded), for the backward pass; `None` for averages or when not recorded.
+    argmax: Mutex<Option<Arc<Vec<u32>>>>,
+}
+
+impl PoolFwd {
+    fn run<T: WithDType>(&self, x: &[T], d: (usize, usize, usize, usize)) -> candle_core::Result<(Vec<T>, Shape)> {
+        if self.spec.method == PoolMethod::Max && d.2.saturating_mul(d.3) < u32::MAX as usize {
+            let (v, arg, shape) = max_fwd_argmax(x, d, &self.spec)?;
+            if let Ok(mut slot) = self.argmax.lock() {
+                *slot = Some(Arc::new(arg));
+            }
+            return Ok((v, shape));
+        }
+        fwd_impl(x, d, &self.spec)
+    }
+}
 
 impl CustomOp1 for PoolFwd {
     fn name(&self) -> &'static str {
@@ -189,11 +256,11 @@ impl CustomOp1 for PoolFwd {
         let d = dims(layout)?;
         match storage {
             CpuStorage::F32(_) => {
-                let (v, s) = fwd_impl(contiguous::<f32>(storage, layout)?, d, &self.0)?;
+                let (v, s) = self.run(contiguous::<f32>(storage, layout)?, d)?;
                 Ok((CpuStorage::F32(v), s))
             }
             CpuStorage::F64(_) => {
-                let (v, s) = fwd_impl(contiguous::<f64>(storage, layout)?, d, &self.0)?;
+                let (v, s) = self.run(contiguous::<f64>(storage, layout)?, d)?;
                 Ok((CpuStorage::F64(v), s))
             }
             _ => candle_core::bail!("pooling supports f32 and f64 on the CPU"),
@@ -201,7 +268,33 @@ impl CustomOp1 for PoolFwd {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&grad_res.contiguous()?, &PoolBwd(self.0))?))
+        let recorded = self.argmax.lock().ok().and_then(|s| s.clone());
+        if let Some(argmax) = recorded {
+            let dims = arg.dims4()?;
+            return Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&PoolBwdArgmax { argmax, dims })?));
+        }
+        Ok(Some(arg.apply_op2_no_bwd(&grad_res.contiguous()?, &PoolBwd(self.spec))?))
+    }
+}
+
+/// Max pooling's backward from the forward pass's argmax (see [`PoolFwd`]).
+struct PoolBwdArgmax {
+    argmax: Arc<Vec<u32>>,
+    dims: (usize, usize, usize, usize),
+}
+
+impl CustomOp1 for PoolBwdArgmax {
+    fn name(&self) -> &'static str {
+        "caffe-maxpool-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let shape = Shape::from(self.dims);
+        match s {
+            CpuStorage::F32(_) => Ok((CpuStorage::F32(max_bwd_argmax(contiguous::<f32>(s, l)?, &self.argmax, self.dims)?), shape)),
+            CpuStorage::F64(_) => Ok((CpuStorage::F64(max_bwd_argmax(contiguous::<f64>(s, l)?, &self.argmax, self.dims)?), shape)),
+            _ => candle_core::bail!("pooling backward supports f32 and f64 on the CPU"),
+        }
     }
 }
 
