@@ -7,7 +7,6 @@ use super::*;
 
 fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode) -> Result<EncodedChunk, String> {
     let w = layout.width;
-    let vp = split(value, w);
     let bp = base.map(|b| split(b, w));
     let bw = base.map(|b| le_words(b, w));
     let enc = encode_chunk(value, bw.as_deref(), layout, mode);
