@@ -859,26 +859,7 @@ impl ChunkReader {
         let keep = keep.clamp(1, width);
         let h = self.read_header()?;
         let need = codec::planes_needed(&h, width, keep);
-        let mask = match h.mask {
-            Some(d) => {
-                let mut bytes = vec![0u8; d.len as usize];
-                self.r.read_exact(&mut bytes).map_err(|_| self.corrupt("file ends inside the mask"))?;
-                Some(bytes)
-            }
-            None => None,
-        };
-        let mut wanted: Vec<(usize, codec::StreamDesc, Vec<u8>)> = Vec::with_capacity(need);
-        for (k, desc) in h.streams.iter().enumerate() {
-            let p = width - 1 - k;
-            if p >= width - need {
-                let mut bytes = vec![0u8; desc.len as usize];
-                self.r.read_exact(&mut bytes).map_err(|_| self.corrupt(format!("file ends inside plane {p}")))?;
-                wanted.push((p, *desc, bytes));
-            } else {
-                let skip = i64::try_from(desc.len).map_err(|_| self.corrupt("stream length overflows"))?;
-                self.r.seek_relative(skip).map_err(|e| StoreError::io(self.store.dir.join(&self.id), e))?;
-            }
-        }
+        let (mask, wanted) = self.read_streams(&h, need)?;
         let base_keep = if h.transform == Transform::Sub { width } else { need };
         let id = self.id.clone();
         let index = self.index;
@@ -901,13 +882,11 @@ impl ChunkReader {
         Ok(Some(value))
     }
 
-    /// Decodes the next chunk in full as words (the fast path of full reads and of delta bases).
-    fn next_words(&mut self) -> Result<Option<Vec<u64>>> {
-        if self.remaining == 0 {
-            return Ok(None);
-        }
+    /// Reads the mask stream (if any) and the streams of the top `need` planes of the chunk whose
+    /// header was just read, seeking past the others.
+    #[allow(clippy::type_complexity)]
+    fn read_streams(&mut self, h: &ChunkHeader, need: usize) -> Result<(Option<Vec<u8>>, Vec<(usize, codec::StreamDesc, Vec<u8>)>)> {
         let width = self.layout.width;
-        let h = self.read_header()?;
         let mask = match h.mask {
             Some(d) => {
                 let mut bytes = vec![0u8; d.len as usize];
@@ -916,13 +895,29 @@ impl ChunkReader {
             }
             None => None,
         };
-        let mut coded: Vec<(usize, codec::StreamDesc, Vec<u8>)> = Vec::with_capacity(width);
+        let mut wanted = Vec::with_capacity(need);
         for (k, desc) in h.streams.iter().enumerate() {
             let p = width - 1 - k;
-            let mut bytes = vec![0u8; desc.len as usize];
-            self.r.read_exact(&mut bytes).map_err(|_| self.corrupt(format!("file ends inside plane {p}")))?;
-            coded.push((p, *desc, bytes));
+            if p >= width - need.min(width) {
+                let mut bytes = vec![0u8; desc.len as usize];
+                self.r.read_exact(&mut bytes).map_err(|_| self.corrupt(format!("file ends inside plane {p}")))?;
+                wanted.push((p, *desc, bytes));
+            } else {
+                let skip = i64::try_from(desc.len).map_err(|_| self.corrupt("stream length overflows"))?;
+                self.r.seek_relative(skip).map_err(|e| StoreError::io(self.store.dir.join(&self.id), e))?;
+            }
         }
+        Ok((mask, wanted))
+    }
+
+    /// Decodes the next chunk in full as words (the fast path of full reads and of delta bases).
+    fn next_words(&mut self) -> Result<Option<Vec<u64>>> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let width = self.layout.width;
+        let h = self.read_header()?;
+        let (mask, coded) = self.read_streams(&h, width)?;
         let id = self.id.clone();
         let index = self.index;
         let hh = h.clone();
