@@ -442,11 +442,14 @@ impl Repository {
 /// Reverse deltas (the default, `storage.reverse = true`): when the first parent is the tip of
 /// a series (no other child yet) and its tensor of the same name, dtype and shape is stored
 /// whole, the new tensor is stored whole and that parent tensor is then re-coded as a delta
-/// against it, so the newest version always reads in one step; this happens only while the
-/// chains that end at the parent tensor leave room under `storage.max_chain`, otherwise the
-/// parent stays a keyframe. In every other case (a second child of a version, reverse deltas
-/// off) the new tensor is a forward delta against the parent's tensor if that one's chain leaves
-/// room, or a keyframe.
+/// against it, so the newest version reads in one step; this happens only while the chains
+/// that end at the parent tensor leave room under `storage.max_chain`. Once they do not, the
+/// parent stays a keyframe and the new tensor is a forward delta against it: the series goes
+/// on forward until its chain is full, then a new keyframe starts the next reverse run. Each
+/// keyframe thus sits in the middle of up to `2 * max_chain + 1` versions, as `gc --repack`
+/// would place it. In every other case (a second child of a version, reverse deltas off) the
+/// new tensor is a forward delta against the parent's tensor if that one's chain leaves room,
+/// or a keyframe.
 pub(crate) struct DeltaPlanner {
     pub(crate) config: StorageConfig,
     parents: Vec<Vec<TensorEntry>>,
@@ -515,7 +518,10 @@ impl DeltaPlanner {
             if height < self.config.max_chain {
                 return Plan::Reverse(entry.object.clone());
             }
-            return Plan::Forward(None);
+            // The reverse run is full: the parent stays a keyframe and the series goes on as
+            // forward deltas from it, so one keyframe serves max_chain versions on either side
+            // (a new keyframe here would sit next to the old one and cost a whole tensor).
+            return Plan::Forward(Some(entry.object.clone()));
         }
         match objects.chain_len(&entry.object) {
             Ok(depth) if depth < self.config.max_chain => Plan::Forward(Some(entry.object.clone())),

@@ -570,10 +570,11 @@ mod tests {
                 }
             }
         }
-        // Reverse deltas: the newest version is whole, each older one a delta against the next,
-        // and a keyframe stays behind every max_chain + 1 versions. (The frozen tensor is one
-        // object shared by every version.)
-        assert_eq!(depths, [3, 2, 1, 0, 3, 2, 1, 0, 0]);
+        // Reverse deltas until the run is full (each older version a delta against the next),
+        // then forward deltas from that keyframe until their chain is full, then a new keyframe
+        // whose reverse run begins again: the newest version is whole again. (The frozen tensor
+        // is one object shared by every version.)
+        assert_eq!(depths, [3, 2, 1, 0, 1, 2, 3, 1, 0]);
         let frozen: BTreeSet<String> =
             ids.iter().map(|id| Ok(repo.get(id)?.tensors[1].object.clone())).collect::<Result<_>>()?;
         assert_eq!(frozen.len(), 1);
