@@ -217,12 +217,16 @@ pub fn train(cli: &Cli, start: &Path, args: &TrainArgs, out: &mut dyn Write) -> 
         b.finish_and_clear();
     }
     let (images, seconds) = session.throughput();
-    let ips = if seconds > 0.0 { images as f64 / seconds } else { 0.0 };
+    let rate = |(i, s): (u64, f64)| if s > 0.0 { i as f64 / s } else { 0.0 };
+    let ips_all = rate((images, seconds));
+    // Steady state (after the warm-up steps) where there was one: what a longer run gets.
+    let ips = session.steady_throughput().map_or(ips_all, rate);
     let mut extra = vec![
         extra_num("train.iters", session.iter() as f64),
         extra_num("train.batch_size", session.batch_size() as f64),
         extra_num("train.seconds", seconds),
         extra_num("train.images_per_s", ips),
+        extra_num("train.images_per_s_all", ips_all),
         extra_num("train.seed", args.seed as f64),
         ("train.device".into(), args.device.clone(), None),
         ("train.data".into(), session.datasets().source.clone(), None),
@@ -261,6 +265,7 @@ pub fn train(cli: &Cli, start: &Path, args: &TrainArgs, out: &mut dyn Write) -> 
             "loss": test.loss,
             "train_seconds": seconds,
             "images_per_s": ips,
+            "images_per_s_all": ips_all,
             "snapshots": snapshots,
         });
         writeln!(out, "{v}")?;

@@ -104,7 +104,13 @@ pub struct Session {
     series: Vec<Series>,
     images: u64,
     train_seconds: f64,
+    /// Images and seconds of the steps after the first [`WARMUP_STEPS`].
+    steady: (u64, f64),
 }
+
+/// Steps left out of the steady-state throughput: the first ones fault in fresh buffers and
+/// start thread pools (the PyTorch twin of `cargo xtask bench train` skips as many).
+pub const WARMUP_STEPS: u64 = 3;
 
 fn feeds(model: &Model, input: &DataInput, ds: &Dataset, idx: &[usize]) -> Result<HashMap<String, Tensor>> {
     let (x, y) = ds.batch(idx, &input.transform);
@@ -169,6 +175,7 @@ impl Session {
             series: Vec::new(),
             images: 0,
             train_seconds: 0.0,
+            steady: (0, 0.0),
         })
     }
 
@@ -184,6 +191,12 @@ impl Session {
     /// Training images processed and seconds spent in training steps.
     pub fn throughput(&self) -> (u64, f64) {
         (self.images, self.train_seconds)
+    }
+
+    /// Images and seconds of the steps after the first [`WARMUP_STEPS`]; `None` until there
+    /// was one.
+    pub fn steady_throughput(&self) -> Option<(u64, f64)> {
+        (self.steady.0 > 0).then_some(self.steady)
     }
 
     pub fn batch_size(&self) -> usize {
@@ -210,8 +223,13 @@ impl Session {
         let grads = loss.backward()?;
         let lr = self.solver.step(self.iter, &self.model.params, &grads)?;
         self.iter += 1;
+        let dt = t0.elapsed().as_secs_f64();
         self.images += idx.len() as u64;
-        self.train_seconds += t0.elapsed().as_secs_f64();
+        self.train_seconds += dt;
+        if self.iter > WARMUP_STEPS {
+            self.steady.0 += idx.len() as u64;
+            self.steady.1 += dt;
+        }
         self.window.0 += lv;
         self.window.1 += 1;
         let display = self.solver.config.display.max(1);
