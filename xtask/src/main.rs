@@ -27,7 +27,18 @@ commands:
                        installed; otherwise the deterministic no-panic corpora at 20x scale
   deps                 check that crates only depend downward (docs/ARCHITECTURE.md)";
 
+/// Keeps freed memory in this process, as `dlv` does (see `keep_freed_memory` in dlv-cli's
+/// main.rs), so the bench's in-memory codec figures match what the binary does.
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: stores an integer option (purge_delay, position 15 of mi_option_t).
+        unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    }
+}
+
 fn main() -> Result<()> {
+    keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("demo") => demo::run(&args[1..]),

@@ -538,7 +538,7 @@ fn codec_speed(snaps: &[Vec<Tensor>], threads: usize) -> Result<(f64, f64)> {
 }
 
 fn coder_study(snaps: &[Vec<Tensor>]) {
-    let mut per_plane = vec![[0f64; 6]; 4];
+    let mut per_plane = [[0f64; 6]; 4];
     for i in 1..snaps.len().min(6) {
         for (k, t) in snaps[i].iter().enumerate() {
             let r = int_delta(&t.bytes, &snaps[i - 1][k].bytes, 4);
