@@ -114,8 +114,15 @@ fn col2im_impl<T: WithDType>(cols: &[T], (n, c, h, w): (usize, usize, usize, usi
                 let prow = &mut plane[iy as usize * w..(iy as usize + 1) * w];
                 let srow = &src[oy * ow + ox0..oy * ow + ox1];
                 let ix0 = ox0 * g.stride + kx * g.dilation - g.pad.1;
-                for (d, &v) in prow[ix0..].iter_mut().step_by(g.stride).zip(srow) {
-                    *d += v;
+                if g.stride == 1 {
+                    // Plain zipped slices vectorise; `step_by` does not (12% of a LeNet step).
+                    for (d, &v) in prow[ix0..ix0 + srow.len()].iter_mut().zip(srow) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, &v) in prow[ix0..].iter_mut().step_by(g.stride).zip(srow) {
+                        *d += v;
+                    }
                 }
             }
         }
