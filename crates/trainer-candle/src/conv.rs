@@ -261,7 +261,10 @@ impl CustomOp3 for ConvOp {
             let xg = if self.groups == 1 { x.clone() } else { x.narrow(1, gi * cg, cg)?.contiguous()? };
             let dyg = if self.groups == 1 { dy.clone() } else { dy.narrow(0, gi * og, og)? };
             let cols = xg.apply_op1_no_bwd(&Im2col { g })?; // K x (N*P)
-            dws.push(dyg.matmul(&cols.t()?)?.reshape((og, cg, kh, kw))?);
+            // dW^T = cols . dY^T rather than dW = dY . cols^T: gemm packs the operand that
+            // spans its output's contiguous side, and this way that is dY (O x N*P), not the
+            // much larger unfolded input (C*kh*kw x N*P).
+            dws.push(cols.matmul(&dyg.t()?)?.t()?.contiguous()?.reshape((og, cg, kh, kw))?);
             if need_dx {
                 let wg = w.narrow(0, gi * og, og)?.reshape((og, cg * kh * kw))?;
                 let dcols = wg.t()?.matmul(&dyg)?.contiguous()?; // K x (N*P)
