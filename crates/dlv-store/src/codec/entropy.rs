@@ -32,6 +32,7 @@ pub fn bits_of(hist: &[u64; 256]) -> f64 {
 }
 
 /// Order-0 entropy of `data` in bits (all bytes together).
+#[cfg(test)]
 pub fn order0_bits(data: &[u8]) -> f64 {
     bits_of(&histogram(data))
 }

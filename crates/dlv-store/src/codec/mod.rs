@@ -9,6 +9,7 @@
 
 pub mod entropy;
 pub mod planes;
+pub mod rans;
 pub mod stream;
 
 use rayon::prelude::*;
