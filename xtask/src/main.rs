@@ -27,13 +27,16 @@ commands:
                        installed; otherwise the deterministic no-panic corpora at 20x scale
   deps                 check that crates only depend downward (docs/ARCHITECTURE.md)";
 
+/// mimalloc's `purge_delay` option (its position in `mi_option_t`, mimalloc.h, v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 /// Keeps freed memory in this process, as `dlv` does (see `keep_freed_memory` in dlv-cli's
 /// main.rs), so the bench's in-memory codec figures match what the binary does.
 #[allow(unsafe_code)]
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: stores an integer option (purge_delay, position 15 of mi_option_t).
-        unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+        // SAFETY: stores an integer option; mimalloc is the global allocator and initialised.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
 }
 

@@ -187,7 +187,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Tells mimalloc to keep freed memory instead of handing it back to the kernel 10 ms later.
 /// Every candle op and every codec chunk allocates a fresh buffer; returned pages are faulted in
 /// and zeroed again by the kernel on the next use, which took 19% of an AlexNet training step
-/// (98,700 page faults in 6 steps, 1,200 without purging; measured with `perf stat`). A `dlv`
+/// (98,700 to 276,000 page faults in 6 steps, more the slower the steps ran; about 1,200
+/// without purging; measured with `perf stat`). A `dlv`
 /// process is short-lived, so holding its peak is the right trade. `MIMALLOC_PURGE_DELAY` in the
 /// environment still wins.
 #[allow(unsafe_code)]
