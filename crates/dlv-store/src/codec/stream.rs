@@ -201,9 +201,18 @@ pub fn merge_split(a: &[u8], b: &[u8], lead: &[bool]) -> Result<Vec<u8>, String>
     if count != a.len() || lead.len() != a.len() + b.len() {
         return Err(format!("split plane has {} lead elements, its context {count}", a.len()));
     }
-    let (mut ia, mut ib) = (a.iter(), b.iter());
-    // Lengths match the context exactly (checked above), so neither iterator runs dry.
-    Ok(lead.iter().map(|&l| if l { ia.next() } else { ib.next() }.copied().unwrap_or(0)).collect())
+    // Both candidates are loaded and one selected, without a branch: the context is close to
+    // random, so a branch would mispredict often. Lengths match the context exactly (checked
+    // above), so the `unwrap_or` only covers the index one past the end of the other part.
+    let mut out = vec![0u8; lead.len()];
+    let (mut ia, mut ib) = (0usize, 0usize);
+    for (o, &l) in out.iter_mut().zip(lead) {
+        let (x, y) = (a.get(ia).copied().unwrap_or(0), b.get(ib).copied().unwrap_or(0));
+        *o = if l { x } else { y };
+        ia += l as usize;
+        ib += !l as usize;
+    }
+    Ok(out)
 }
 
 /// Decodes a stream into exactly `n` bytes. Split streams need their context: see

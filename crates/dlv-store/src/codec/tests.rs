@@ -8,8 +8,7 @@ use super::*;
 fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode) -> Result<EncodedChunk, String> {
     let w = layout.width;
     let bp = base.map(|b| split(b, w));
-    let bw = base.map(|b| le_words(b, w));
-    let enc = encode_chunk(value, bw.as_deref(), layout, mode);
+    let enc = encode_chunk(value, base, layout, mode);
     let header = ChunkHeader::parse(&enc.header.to_bytes(), w)?;
     assert_eq!(header, enc.header);
     // Full decode.
@@ -19,12 +18,13 @@ fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: Delt
     let mut out = Vec::new();
     join_top(&full, 0, &mut out);
     assert_eq!(out, value, "full decode differs ({:?})", header.transform);
-    // The word path of full reads agrees.
-    let words = decode_residual_words(&header, w, mask.as_deref(), coded.clone())?;
-    let vw = combine_words(&header, words, bw.as_deref(), w)?;
-    let mut out = Vec::new();
-    words_to_le(&vw, w, &mut out);
-    assert_eq!(out, value, "word decode differs ({:?})", header.transform);
+    // The fused path of full reads agrees, with and without plane checks.
+    for verify in [true, false] {
+        let mut out = vec![7u8; 3];
+        decode_chunk(&header, w, mask.as_deref(), coded.clone(), base, verify, &mut out)?;
+        assert_eq!(out[..3], [7, 7, 7], "decode_chunk appends");
+        assert_eq!(out[3..], *value, "fused decode differs ({:?}, verify {verify})", header.transform);
+    }
     // Every partial decode from only the planes it needs equals truncation.
     for keep in 1..=w {
         let need = planes_needed(&header, w, keep);
@@ -50,10 +50,10 @@ fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: Delt
 
 /// The mask stream and the (plane, descriptor, bytes) of every plane, from encoded streams.
 #[allow(clippy::type_complexity)]
-fn split_streams(h: &ChunkHeader, streams: &[Vec<u8>], w: usize) -> (Option<Vec<u8>>, Vec<(usize, StreamDesc, Vec<u8>)>) {
+fn split_streams(h: &ChunkHeader, streams: &[Vec<u8>], w: usize) -> (Option<Vec<u8>>, Vec<Coded<'static>>) {
     let mut it = streams.iter();
     let mask = h.mask.and_then(|_| it.next().cloned());
-    let coded = h.streams.iter().zip(it).enumerate().map(|(k, (d, b))| (w - 1 - k, *d, b.clone())).collect();
+    let coded = h.streams.iter().zip(it).enumerate().map(|(k, (d, b))| (w - 1 - k, *d, b.clone().into())).collect();
     (mask, coded)
 }
 
@@ -259,5 +259,24 @@ proptest! {
         let layout = TensorLayout { width: 4, float: FloatKind::F32 };
         prop_assert!(roundtrip(&v, Some(&b), layout, DeltaMode::Auto).is_ok());
         prop_assert!(roundtrip(&v, Some(&b), layout, DeltaMode::Int).is_ok());
+    }
+}
+
+/// Full decodes skip the plane checksums and check the value's hash; a mismatch is then traced
+/// to the plane that fails its checksum.
+#[test]
+fn full_decode_names_a_corrupt_plane() {
+    let layout = TensorLayout::of(crate::DType::F32);
+    let value: Vec<u8> = (0..50_000u32).flat_map(|i| (i as f32 * 0.37).sin().to_le_bytes()).collect();
+    let mut t = encode_tensor(&value, None, layout, DeltaMode::Auto);
+    assert_eq!(decode_tensor(&t, None).as_deref(), Ok(value.as_slice()));
+    // The lowest plane holds near-random mantissa bits: stored, so a flip decodes silently.
+    assert_eq!(t.chunks[0].header.streams[3].coder, Coder::Stored);
+    if let Some(s) = t.chunks[0].streams.last_mut() {
+        s[100] ^= 0x10;
+    }
+    match decode_tensor(&t, None) {
+        Err(e) => assert!(e.contains("plane 0") && e.contains("checksum"), "{e}"),
+        Ok(_) => panic!("a corrupt plane decoded"),
     }
 }
