@@ -22,7 +22,7 @@ use stream::Coder;
 /// level of a delta chain) whatever the tensor size, and lets chunks be coded independently.
 pub const CHUNK_ELEMS: u64 = 1 << 20;
 /// Elements sampled (evenly strided) to choose a chunk's transform.
-const SAMPLE_ELEMS: usize = 1 << 16;
+const SAMPLE_ELEMS: usize = 1 << 14;
 /// Largest chunk a reader accepts from a header (protects allocations from corrupt files).
 pub const MAX_CHUNK_ELEMS: u64 = 1 << 24;
 
@@ -53,6 +53,11 @@ pub const FLAG_ROTATE: u8 = 1;
 /// Chunk flag: a bitmap of the elements whose residual word is non-zero comes first (its own
 /// stream) and the planes hold only those elements.
 pub const FLAG_MASK: u8 = 2;
+/// A plane is coded split by its context only if the order-0 estimate of the split is below
+/// this fraction of the whole plane's; below [`SPLIT_SURE`] the whole plane is not coded at all
+/// (coding both costs encoder time, and at that margin the split won every time measured).
+const SPLIT_MAYBE: f64 = 0.99;
+const SPLIT_SURE: f64 = 0.90;
 /// A chunk is masked when at least this fraction of its residual words is zero.
 const MASK_MIN_ZEROS: usize = 16;
 
@@ -296,10 +301,9 @@ impl EncodedChunk {
 /// each plane's coder by the size it actually codes to. Planes are coded in parallel.
 pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode) -> EncodedChunk {
     let width = layout.width.clamp(1, 8);
-    let elems = (value.len() / width) as u64;
-    let vw = le_words(value, width);
-    let base_words = base.filter(|b| b.len() == value.len()).map(|b| le_words(b, width));
-    let bw = base_words.as_deref();
+    let n = value.len() / width;
+    let value = &value[..n * width];
+    let base = base.filter(|b| b.len() == value.len());
     let mut transforms = vec![Transform::None];
     if base.is_some() {
         match mode {
@@ -309,27 +313,24 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mod
             DeltaMode::Off => {}
         }
     }
-    let (best, _) = best_candidate(&vw, bw, layout, &transforms);
-    let n = elems as usize;
-    // One pass in the word domain: transform, rotation, the non-zero bitmap and the compact
-    // list of non-zero words; the planes are cut from that list.
-    let mut words = vw;
-    transform_words(&mut words, bw, width, best.0, best.1);
-    let zeros = words.iter().filter(|&&w| w == 0).count();
-    let masked = n > 0 && zeros * MASK_MIN_ZEROS >= n;
-    let (words, mask) = if masked {
-        let mut bitmap = vec![0u8; n.div_ceil(8)];
-        let mut compact = Vec::with_capacity(n - zeros);
-        for (i, &w) in words.iter().enumerate() {
-            if w != 0 {
-                bitmap[i / 8] |= 1 << (i % 8);
-                compact.push(w);
-            }
-        }
-        (compact, Some(bitmap))
-    } else {
-        (words, None)
+    let (best, _) = best_candidate_bytes(value, base, layout, &transforms);
+    let (planes, mask) = match width {
+        2 => residual_planes::<2>(value, base, best.0, best.1),
+        4 => residual_planes::<4>(value, base, best.0, best.1),
+        _ => residual_planes_any(value, base, width, best.0, best.1),
     };
+    // The context of plane p: every higher residual byte of the element is zero.
+    let mut leads: Vec<Option<Vec<bool>>> = vec![None; width];
+    let mut above: Option<Vec<bool>> = None;
+    for p in (0..width.saturating_sub(1)).rev() {
+        let hi = &planes[p + 1];
+        let l = match above {
+            Some(a) => a.iter().zip(hi).map(|(&x, &b)| x & (b == 0)).collect(),
+            None => hi.iter().map(|&b| b == 0).collect::<Vec<bool>>(),
+        };
+        above = Some(l.clone());
+        leads[p] = Some(l);
+    }
     let mask_coded = mask.as_ref().map(|bm| {
         let (c, bytes) = stream::encode(bm);
         (StreamDesc { coder: c, len: bytes.len() as u64, sum: plane_sum(bm) }, bytes)
@@ -338,11 +339,8 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mod
         .into_par_iter()
         .rev()
         .map(|p| {
-            let plane: Vec<u8> = words.iter().map(|&w| (w >> (8 * p)) as u8).collect();
-            // The context of plane p: every higher byte of the word is zero.
-            let lead = (p + 1 < width).then_some((&words[..], p));
-            let (c, bytes) = code_plane(&plane, lead);
-            (c, bytes, plane_sum(&plane))
+            let (c, bytes) = code_plane(&planes[p], leads[p].as_deref());
+            (c, bytes, plane_sum(&planes[p]))
         })
         .collect();
     let mut streams = Vec::with_capacity(coded.len() + 1);
@@ -359,7 +357,136 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mod
     if mask_desc.is_some() {
         flags |= FLAG_MASK;
     }
-    EncodedChunk { header: ChunkHeader { elems, transform: best.0, flags, mask: mask_desc, streams: descs }, streams }
+    EncodedChunk { header: ChunkHeader { elems: n as u64, transform: best.0, flags, mask: mask_desc, streams: descs }, streams }
+}
+
+/// The residual of one element: the transform against the base word, then the rotation of the
+/// top 16 bits (the definitions of [`transform_words`]).
+#[inline(always)]
+fn residual<const W: usize>(v: u64, b: u64, t: Transform, rotate: bool) -> u64 {
+    let bits = 8 * W as u32;
+    let m = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let r = match t {
+        Transform::None => v,
+        Transform::Xor => v ^ b,
+        Transform::Sub => {
+            let d = v.wrapping_sub(b) & m;
+            ((d << 1) & m) ^ (((d >> (bits - 1)) & 1).wrapping_neg() & m)
+        }
+    };
+    if rotate {
+        let sh = bits - 16;
+        let low = if sh == 0 { 0 } else { (1u64 << sh) - 1 };
+        let t16 = (r >> sh) & 0xffff;
+        (r & low) | ((((t16 << 1) | (t16 >> 15)) & 0xffff) << sh)
+    } else {
+        r
+    }
+}
+
+/// Residual planes of a chunk of `W`-byte elements, read straight from the bytes: the mask
+/// (when at least 1 / [`MASK_MIN_ZEROS`] of the residuals are zero) and the planes of the
+/// non-zero residuals, or of all of them.
+fn residual_planes<const W: usize>(value: &[u8], base: Option<&[u8]>, t: Transform, rotate: bool) -> (Planes, Option<Vec<u8>>) {
+    macro_rules! run {
+        ($t:expr, $rot:expr) => {
+            residual_planes_with::<W>(value, base, |v, b| residual::<W>(v, b, $t, $rot))
+        };
+    }
+    let t = if base.is_none() { Transform::None } else { t };
+    match (t, rotate) {
+        (Transform::None, false) => run!(Transform::None, false),
+        (Transform::None, true) => run!(Transform::None, true),
+        (Transform::Xor, false) => run!(Transform::Xor, false),
+        (Transform::Xor, true) => run!(Transform::Xor, true),
+        (Transform::Sub, false) => run!(Transform::Sub, false),
+        (Transform::Sub, true) => run!(Transform::Sub, true),
+    }
+}
+
+#[inline(always)]
+fn residual_planes_with<const W: usize>(value: &[u8], base: Option<&[u8]>, f: impl Fn(u64, u64) -> u64) -> (Planes, Option<Vec<u8>>) {
+    let n = value.len() / W;
+    // Residuals as 32-bit words (W <= 4 here), a quarter of the traffic of u64 words.
+    let r: Vec<u32> = match base {
+        Some(b) => value.chunks_exact(W).zip(b.chunks_exact(W)).map(|(v, b)| f(load::<W>(v), load::<W>(b)) as u32).collect(),
+        None => value.chunks_exact(W).map(|v| f(load::<W>(v), 0) as u32).collect(),
+    };
+    let zeros = r.iter().filter(|&&w| w == 0).count();
+    let masked = n > 0 && zeros * MASK_MIN_ZEROS >= n;
+    let m = if masked { n - zeros } else { n };
+    let mut planes: Planes = vec![vec![0u8; m]; W];
+    if !masked {
+        split_words(&r, &mut planes);
+        return (planes, None);
+    }
+    let mut bitmap = vec![0u8; n.div_ceil(8)];
+    // Branch-free: every word is written at the next free slot, which only advances past
+    // non-zero ones (zeros are scattered, so a branch would mispredict often).
+    let mut compact = vec![0u32; m + 1];
+    let mut j = 0usize;
+    for (bits, group) in bitmap.iter_mut().zip(r.chunks(8)) {
+        let mut acc = 0u8;
+        for (k, &w) in group.iter().enumerate() {
+            let nz = w != 0;
+            acc |= (nz as u8) << k;
+            if let Some(slot) = compact.get_mut(j) {
+                *slot = w;
+            }
+            j += nz as usize;
+        }
+        *bits = acc;
+    }
+    compact.truncate(m);
+    split_words(&compact, &mut planes);
+    (planes, Some(bitmap))
+}
+
+/// Writes byte `p` of every word into `planes[p]` (all of one length), one pass.
+#[inline(always)]
+fn split_words(words: &[u32], planes: &mut Planes) {
+    match planes.as_mut_slice() {
+        [a, b] => {
+            for ((x, y), &w) in a.iter_mut().zip(b.iter_mut()).zip(words) {
+                *x = w as u8;
+                *y = (w >> 8) as u8;
+            }
+        }
+        [a, b, c, d] => {
+            for ((((x, y), z), u), &w) in a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut()).zip(d.iter_mut()).zip(words) {
+                *x = w as u8;
+                *y = (w >> 8) as u8;
+                *z = (w >> 16) as u8;
+                *u = (w >> 24) as u8;
+            }
+        }
+        planes => {
+            for (p, plane) in planes.iter_mut().enumerate() {
+                plane.iter_mut().zip(words).for_each(|(x, &w)| *x = (w >> (8 * p)) as u8);
+            }
+        }
+    }
+}
+
+/// [`residual_planes`] for other element widths, through 64-bit words.
+fn residual_planes_any(value: &[u8], base: Option<&[u8]>, width: usize, t: Transform, rotate: bool) -> (Planes, Option<Vec<u8>>) {
+    let n = value.len() / width.max(1);
+    let mut words = le_words(value, width);
+    let bw = base.map(|b| le_words(b, width));
+    transform_words(&mut words, bw.as_deref(), width, t, rotate);
+    let zeros = words.iter().filter(|&&w| w == 0).count();
+    let masked = n > 0 && zeros * MASK_MIN_ZEROS >= n;
+    let mask = masked.then(|| {
+        let mut bitmap = vec![0u8; n.div_ceil(8)];
+        for (i, &w) in words.iter().enumerate() {
+            bitmap[i / 8] |= ((w != 0) as u8) << (i % 8);
+        }
+        bitmap
+    });
+    if masked {
+        words.retain(|&w| w != 0);
+    }
+    ((0..width).map(|p| words.iter().map(|&w| (w >> (8 * p)) as u8).collect()).collect(), mask)
 }
 
 /// Little-endian words (up to 8 bytes) from planes.
@@ -416,34 +543,31 @@ fn transform_words(w: &mut [u64], base: Option<&[u64]>, width: usize, t: Transfo
 /// Codes one plane with its smallest coder, trying the split by context (`words`, `p`: the
 /// element's higher bytes are all zero) where one is given and the order-0 estimate says the
 /// split could pay.
-fn code_plane(plane: &[u8], lead: Option<(&[u64], usize)>) -> (Coder, Vec<u8>) {
-    let (c, bytes) = stream::encode(plane);
-    let Some((words, p)) = lead else { return (c, bytes) };
-    if c == Coder::Constant {
-        return (c, bytes);
+fn code_plane(plane: &[u8], lead: Option<&[bool]>) -> (Coder, Vec<u8>) {
+    let Some(is_lead) = lead else { return stream::encode(plane) };
+    let mut h = [[0u64; 256]; 2];
+    for (&x, &l) in plane.iter().zip(is_lead) {
+        h[l as usize][x as usize] += 1;
     }
-    let is_lead: Vec<bool> = words.iter().map(|&w| (w >> (8 * (p + 1))) == 0).collect();
-    let (mut ha, mut hb) = ([0u64; 256], [0u64; 256]);
-    for (&x, &l) in plane.iter().zip(&is_lead) {
-        if l {
-            ha[x as usize] += 1;
-        } else {
-            hb[x as usize] += 1;
-        }
-    }
+    let [hb, ha] = h;
     let count: u64 = ha.iter().sum();
     if count == 0 || count == plane.len() as u64 {
-        return (c, bytes);
+        return stream::encode(plane);
     }
-    let split_est = (entropy::bits_of(&ha) + entropy::bits_of(&hb)) / 8.0;
+    let split_est = entropy::bits_of(&ha) + entropy::bits_of(&hb);
     let mut all = ha;
     for (a, b) in all.iter_mut().zip(&hb) {
         *a += b;
     }
-    if split_est > 0.99 * entropy::bits_of(&all) / 8.0 {
-        return (c, bytes);
+    let whole_est = entropy::bits_of(&all);
+    if split_est > SPLIT_MAYBE * whole_est || all.contains(&(plane.len() as u64)) {
+        return stream::encode(plane);
     }
-    let s = stream::encode_split(plane, &is_lead);
+    let s = stream::encode_split(plane, is_lead);
+    if split_est < SPLIT_SURE * whole_est {
+        return (Coder::Split, s);
+    }
+    let (c, bytes) = stream::encode(plane);
     if s.len() < bytes.len() {
         return (Coder::Split, s);
     }
@@ -826,23 +950,51 @@ fn best_candidate(value: &[u64], base: Option<&[u64]>, layout: TensorLayout, tra
     let stride = n.div_ceil(SAMPLE_ELEMS).max(1);
     let value: Vec<u64> = value.iter().step_by(stride).copied().collect();
     let base: Option<Vec<u64>> = base.map(|b| b.iter().step_by(stride).copied().collect());
+    score_candidates(&value, base.as_deref(), n, layout, transforms)
+}
+
+/// [`best_candidate`] of little-endian elements, sampled straight from the bytes.
+fn best_candidate_bytes(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, transforms: &[Transform]) -> ((Transform, bool), f64) {
+    let width = layout.width.clamp(1, 8);
+    let n = value.len() / width;
+    let stride = n.div_ceil(SAMPLE_ELEMS).max(1);
+    let sample = |bytes: &[u8]| -> Vec<u64> {
+        bytes.chunks_exact(width).step_by(stride).map(|w| w.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64)).collect()
+    };
+    score_candidates(&sample(value), base.map(sample).as_deref(), n, layout, transforms)
+}
+
+/// Scores every candidate on a sample of `n` elements' words (see [`best_candidate`]).
+fn score_candidates(value: &[u64], base: Option<&[u64]>, n: usize, layout: TensorLayout, transforms: &[Transform]) -> ((Transform, bool), f64) {
     let scale = n as f64 / value.len().max(1) as f64;
     let width = layout.width.clamp(1, 8);
-    let rotations: &[bool] = if layout.float != FloatKind::None && layout.width >= 2 { &[false, true] } else { &[false] };
-    let candidates: Vec<(Transform, bool)> =
-        transforms.iter().flat_map(|&t| rotations.iter().map(move |&r| (t, r))).collect();
-    let scored: Vec<((Transform, bool), f64)> = candidates
+    let rotate = layout.float != FloatKind::None && width >= 2;
+    // One pass per transform: the rotation only moves bits within the top two planes, so both
+    // rotations share the histograms of the planes below.
+    let scored: Vec<((Transform, bool), f64)> = transforms
         .par_iter()
-        .map(|&(t, rot)| {
-            let mut r = value.clone();
-            transform_words(&mut r, base.as_deref(), width, t, rot);
+        .flat_map_iter(|&t| {
+            let mut r = value.to_vec();
+            transform_words(&mut r, base, width, t, false);
             let mut hist = vec![[0u64; 256]; width];
+            let mut top = [[0u64; 256]; 2];
+            let sh = (8 * width as u32).saturating_sub(16);
             for &w in &r {
                 for (p, h) in hist.iter_mut().enumerate() {
                     h[((w >> (8 * p)) & 0xff) as usize] += 1;
                 }
+                if rotate {
+                    let t16 = (w >> sh) & 0xffff;
+                    let r16 = ((t16 << 1) | (t16 >> 15)) & 0xffff;
+                    top[0][(r16 & 0xff) as usize] += 1;
+                    top[1][(r16 >> 8) as usize] += 1;
+                }
             }
-            ((t, rot), scale * hist.iter().map(entropy::bits_of).sum::<f64>())
+            let low = if rotate { width - 2 } else { width };
+            let shared: f64 = hist[..low].iter().map(entropy::bits_of).sum();
+            let plain = shared + hist[low..].iter().map(entropy::bits_of).sum::<f64>();
+            let rotated = rotate.then(|| ((t, true), scale * (shared + top.iter().map(entropy::bits_of).sum::<f64>())));
+            std::iter::once(((t, false), scale * plain)).chain(rotated)
         })
         .collect();
     scored
