@@ -409,8 +409,17 @@ fn residual_planes_with<const W: usize>(value: &[u8], base: Option<&[u8]>, f: im
     let n = value.len() / W;
     // Residuals as 32-bit words (W <= 4 here), a quarter of the traffic of u64 words.
     let r: Vec<u32> = match base {
-        Some(b) => value.chunks_exact(W).zip(b.chunks_exact(W)).map(|(v, b)| f(load::<W>(v), load::<W>(b)) as u32).collect(),
-        None => value.chunks_exact(W).map(|v| f(load::<W>(v), 0) as u32).collect(),
+        Some(b) => match (W, le_slice::<u16>(value), le_slice::<u16>(b), le_slice::<u32>(value), le_slice::<u32>(b)) {
+            // Aligned slices read as whole words: a loop over two slices vectorises.
+            (2, Some(v), Some(b), _, _) => v.iter().zip(b).map(|(&v, &b)| f(u16::from_le(v) as u64, u16::from_le(b) as u64) as u32).collect(),
+            (4, _, _, Some(v), Some(b)) => v.iter().zip(b).map(|(&v, &b)| f(u32::from_le(v) as u64, u32::from_le(b) as u64) as u32).collect(),
+            _ => value.chunks_exact(W).zip(b.chunks_exact(W)).map(|(v, b)| f(load::<W>(v), load::<W>(b)) as u32).collect(),
+        },
+        None => match (W, le_slice::<u16>(value), le_slice::<u32>(value)) {
+            (2, Some(v), _) => v.iter().map(|&v| f(u16::from_le(v) as u64, 0) as u32).collect(),
+            (4, _, Some(v)) => v.iter().map(|&v| f(u32::from_le(v) as u64, 0) as u32).collect(),
+            _ => value.chunks_exact(W).map(|v| f(load::<W>(v), 0) as u32).collect(),
+        },
     };
     let zeros = r.iter().filter(|&&w| w == 0).count();
     let masked = n > 0 && zeros * MASK_MIN_ZEROS >= n;
@@ -440,6 +449,12 @@ fn residual_planes_with<const W: usize>(value: &[u8], base: Option<&[u8]>, f: im
     compact.truncate(m);
     split_words(&compact, &mut planes);
     (planes, Some(bitmap))
+}
+
+/// `bytes` as a slice of words when its length and alignment allow (values are little-endian:
+/// read them through `from_le`).
+fn le_slice<T: bytemuck::Pod>(bytes: &[u8]) -> Option<&[T]> {
+    bytemuck::try_cast_slice(bytes).ok()
 }
 
 /// Writes byte `p` of every word into `planes[p]` (all of one length), one pass.
