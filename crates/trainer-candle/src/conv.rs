@@ -183,7 +183,15 @@ impl CustomOp1 for Col2im {
 struct ConvOp {
     g: ConvGeom,
     groups: usize,
+    /// Keep the unfolded input of the forward pass for the backward one (which would unfold
+    /// it again): set when some input tracks a gradient.
+    keep: bool,
+    cols: std::sync::Mutex<Vec<Tensor>>,
 }
+
+/// Largest unfolded input (elements, per group) kept from the forward to the backward pass;
+/// above it the backward pass unfolds again rather than hold the memory.
+const KEEP_COLS_MAX: usize = 1 << 26;
 
 impl ConvOp {
     fn forward<T: WithDType>(&self, x: &[T], xd: (usize, usize, usize, usize), w: &[T], wd: (usize, usize, usize, usize), b: &[T]) -> candle_core::Result<(Vec<T>, Shape)> {
@@ -206,6 +214,11 @@ impl ConvOp {
             };
             let (cols, _) = im2col_impl(&xg, (n, cg, h, wdt), &g)?;
             let cols = Tensor::from_vec(cols, (k, n * p), &Device::Cpu)?;
+            if self.keep && k * n * p <= KEEP_COLS_MAX {
+                if let Ok(mut kept) = self.cols.lock() {
+                    kept.push(cols.clone());
+                }
+            }
             let wg = Tensor::from_vec(w[gi * og * k..(gi + 1) * og * k].to_vec(), (og, k), &Device::Cpu)?;
             let y = wg.matmul(&cols)?; // og x (N*P)
             // Read the product in place (a copy of it cost as much as the bias pass below).
@@ -255,12 +268,18 @@ impl CustomOp3 for ConvOp {
         // dY as O x (N*P), the layout of the forward product.
         let dy = grad.reshape((n, o, p))?.transpose(0, 1)?.contiguous()?.reshape((o, n * p))?;
         let db = if need_db { Some(dy.sum(1)?) } else { None };
+        let kept = self.cols.lock().map(|mut k| std::mem::take(&mut *k)).unwrap_or_default();
         let mut dws = Vec::with_capacity(self.groups);
         let mut dxs = Vec::with_capacity(self.groups);
         for gi in 0..self.groups {
-            let xg = if self.groups == 1 { x.clone() } else { x.narrow(1, gi * cg, cg)?.contiguous()? };
             let dyg = if self.groups == 1 { dy.clone() } else { dy.narrow(0, gi * og, og)? };
-            let cols = xg.apply_op1_no_bwd(&Im2col { g })?; // K x (N*P)
+            let cols = match kept.get(gi) {
+                Some(c) if kept.len() == self.groups && c.dims() == [cg * kh * kw, n * p] => c.clone(),
+                _ => {
+                    let xg = if self.groups == 1 { x.clone() } else { x.narrow(1, gi * cg, cg)?.contiguous()? };
+                    xg.apply_op1_no_bwd(&Im2col { g })? // K x (N*P)
+                }
+            };
             // dW^T = cols . dY^T rather than dW = dY . cols^T: gemm packs the operand that
             // spans its output's contiguous side, and this way that is dY (O x N*P), not the
             // much larger unfolded input (C*kh*kw x N*P).
@@ -293,7 +312,12 @@ pub fn conv2d_cpu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: ConvGeom, group
             &zeros
         }
     };
-    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, ConvOp { g, groups })
+    let keep = x.track_op() || w.track_op() || b.track_op();
+    conv2d_keep(x, w, b, g, groups, keep)
+}
+
+fn conv2d_keep(x: &Tensor, w: &Tensor, b: &Tensor, g: ConvGeom, groups: usize, keep: bool) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, ConvOp { g, groups, keep, cols: Default::default() })
 }
 
 #[cfg(test)]
@@ -312,6 +336,37 @@ mod tests {
             assert_eq!(a.dims(), b.dims());
             let d = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
             assert!(d < 1e-10, "groups {groups} stride {stride} pad {pad} dilation {dil}: {d}");
+        }
+        Ok(())
+    }
+
+    /// The backward pass reuses the forward pass's unfolded input: its gradients for input,
+    /// weight and bias are those of a backward pass that unfolds again, and candle's where its
+    /// own backward handles the geometry (stride 1).
+    #[test]
+    fn gradients_match() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (groups, stride, pad, dil, k) in [(1, 1, 0, 1, 3), (2, 2, 1, 1, 3), (1, 1, 2, 2, 3), (4, 1, 1, 1, 2)] {
+            let x = candle_core::Var::from_tensor(&Tensor::randn(0f64, 1.0, (2, 4, 7, 6), &dev)?)?;
+            let w = candle_core::Var::from_tensor(&Tensor::randn(0f64, 1.0, (4, 4 / groups, k, k), &dev)?)?;
+            let b = candle_core::Var::from_tensor(&Tensor::randn(0f64, 1.0, 4, &dev)?)?;
+            let g = ConvGeom { kernel: (k, k), stride, pad: (pad, pad), dilation: dil };
+            let kept = conv2d_keep(x.as_tensor(), w.as_tensor(), b.as_tensor(), g, groups, true)?;
+            let again = conv2d_keep(x.as_tensor(), w.as_tensor(), b.as_tensor(), g, groups, false)?;
+            let r = Tensor::randn(0f64, 1.0, kept.dims(), &dev)?;
+            let mut grads = vec![(kept * &r)?.sum_all()?.backward()?, (again * &r)?.sum_all()?.backward()?];
+            if stride == 1 {
+                let theirs = x.conv2d(w.as_tensor(), pad, stride, dil, groups)?.broadcast_add(&b.reshape((1, 4, 1, 1))?)?;
+                grads.push((theirs * &r)?.sum_all()?.backward()?);
+            }
+            for v in [&x, &w, &b] {
+                let first = grads[0].get(v.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+                for other in &grads[1..] {
+                    let o = other.get(v.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+                    let d = (first - o)?.abs()?.max_all()?.to_scalar::<f64>()?;
+                    assert!(d < 1e-9, "groups {groups} stride {stride} pad {pad} dilation {dil}: {d}");
+                }
+            }
         }
         Ok(())
     }
