@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use dlv_graph::Net;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{StorageConfig, TensorLayout};
@@ -65,6 +66,16 @@ pub trait Progress: Sync {
     fn begin(&self, _label: &str, _total_bytes: u64) {}
     fn advance(&self, _bytes: u64) {}
     fn end(&self) {}
+}
+
+/// One tensor as stored by a commit: its object, decoded length, and what storing it changed
+/// (objects written, stored bytes added and removed by re-coding its parent).
+struct StoredTensor {
+    id: crate::ObjectId,
+    len: u64,
+    objects: usize,
+    added: u64,
+    removed: u64,
 }
 
 /// A [`Progress`] that shows nothing.
@@ -180,6 +191,46 @@ impl Repository {
         Ok(StagedFile { path: rel, role, size: meta.len() })
     }
 
+    /// Stores tensor `i` of a weights file: coded against its planned base, and its parent
+    /// re-coded against it when the plan is a reverse delta.
+    fn store_tensor(
+        &self,
+        abs: &Path,
+        src: &mut dyn formats::TensorSource,
+        i: usize,
+        info: &TensorInfo,
+        planner: &DeltaPlanner,
+        progress: &dyn Progress,
+    ) -> Result<StoredTensor> {
+        let plan = planner.plan(self, info);
+        let base = match &plan {
+            Plan::Forward(b) => b.clone(),
+            Plan::Reverse(_) => None,
+        };
+        let mut w = self.objects().tensor_writer(TensorLayout::of(info.dtype), info.byte_len(), base.as_deref(), planner.config.delta, false)?;
+        let n = src.read_tensor(i, &mut ProgressWriter { inner: &mut w, progress })?;
+        if n != info.byte_len() {
+            return Err(StoreError::format(abs, None, format!("tensor '{}' yielded {n} bytes, expected {}", info.name, info.byte_len())));
+        }
+        let put = w.finish()?;
+        let mut out = StoredTensor { id: put.id.clone(), len: put.len, objects: 0, added: 0, removed: 0 };
+        if !put.existed {
+            out.objects = 1;
+            out.added = put.stored;
+        }
+        if let Plan::Reverse(parent) = &plan {
+            if *parent != put.id {
+                // The new object is durable; re-coding the parent in place (same id, same
+                // content, atomic rename) keeps every version readable even if this commit
+                // never completes (gc keeps bases of referenced objects).
+                let (before, after) = self.objects().recode(parent, TensorLayout::of(info.dtype), info.byte_len(), Some(&put.id), planner.config.delta)?;
+                out.removed = before;
+                out.added += after;
+            }
+        }
+        Ok(out)
+    }
+
     /// Records a version from the staged files and clears the staging area.
     pub fn commit(&self, opts: &CommitOptions, progress: &dyn Progress) -> Result<CommitOutcome> {
         let staged = self.staged()?;
@@ -273,59 +324,42 @@ impl Repository {
         let planner = DeltaPlanner::new(self, &record.parents)?;
         for s in weights {
             let abs = self.work_dir().join(&s.path);
-            let mut src = formats::open_weights(&abs)?;
-            let infos = src.tensors().to_vec();
+            let infos = formats::open_weights(&abs)?.tensors().to_vec();
             let total: u64 = infos.iter().map(|t| t.byte_len()).sum();
-            progress.begin(&format!("storing {}", s.path), total);
             for (i, info) in infos.iter().enumerate() {
-                if record.tensors.iter().any(|t| t.name == info.name) {
+                if record.tensors.iter().any(|t| t.name == info.name) || infos[..i].iter().any(|t| t.name == info.name) {
                     return Err(StoreError::Invalid(format!(
                         "tensor '{}' appears in two staged weights files",
                         info.name
                     )));
                 }
-                let plan = planner.plan(self, info);
-                let base = match &plan {
-                    Plan::Forward(b) => b.clone(),
-                    Plan::Reverse(_) => None,
-                };
-                let mut w = self.objects().tensor_writer(
-                    TensorLayout::of(info.dtype),
-                    info.byte_len(),
-                    base.as_deref(),
-                    planner.config.delta,
-                    false,
-                )?;
-                let n = src.read_tensor(i, &mut ProgressWriter { inner: &mut w, progress })?;
-                if n != info.byte_len() {
-                    return Err(StoreError::format(
-                        &abs,
-                        None,
-                        format!("tensor '{}' yielded {n} bytes, expected {}", info.name, info.byte_len()),
-                    ));
-                }
-                let put = w.finish()?;
-                if !put.existed {
-                    written.0 += 1;
-                    written.1 += put.stored;
-                }
-                if let Plan::Reverse(parent) = &plan {
-                    if *parent != put.id {
-                        // The new object is durable; re-coding the parent in place (same id,
-                        // same content, atomic rename) keeps every version readable even if
-                        // this commit never completes (gc keeps bases of referenced objects).
-                        let stored = self.objects().recode(&parent.clone(), TensorLayout::of(info.dtype), info.byte_len(), Some(&put.id), planner.config.delta)?;
-                        written.1 = written.1.saturating_sub(stored.0).saturating_add(stored.1);
-                    }
-                }
+            }
+            progress.begin(&format!("storing {}", s.path), total);
+            // Tensors are read, coded and stored in parallel (each task with its own reader of
+            // the file, so memory stays one chunk and its base per task); the version lists
+            // them in file order.
+            let stored: Vec<StoredTensor> = infos
+                .par_iter()
+                .enumerate()
+                .map_init(
+                    || formats::open_weights(&abs),
+                    |src, (i, info)| {
+                        let src = src.as_mut().map_err(|e| StoreError::Invalid(e.to_string()))?;
+                        self.store_tensor(&abs, &mut **src, i, info, &planner, progress)
+                    },
+                )
+                .collect::<Result<_>>()?;
+            for (info, t) in infos.iter().zip(stored) {
+                written.0 += t.objects;
+                written.1 = written.1.saturating_add(t.added).saturating_sub(t.removed);
                 record.tensors.push(TensorEntry {
                     name: info.name.clone(),
                     layer: None,
                     blob: None,
                     dtype: info.dtype.as_str().to_string(),
                     shape: info.shape.iter().map(|&d| d as u64).collect(),
-                    object: put.id,
-                    bytes: put.len,
+                    object: t.id,
+                    bytes: t.len,
                 });
                 tensor_infos.push(info.clone());
             }

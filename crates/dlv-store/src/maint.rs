@@ -612,6 +612,46 @@ mod tests {
         Ok(())
     }
 
+    /// Tensors are stored in parallel: the version still lists them in file order, identical
+    /// tensors (one content, several names) are one object, and every version reads back, also
+    /// after two tensors that shared an object diverge (both re-code that parent at once).
+    #[test]
+    fn many_tensors_commit_in_file_order() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
+        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
+        let repo = Repository::init(&dir)?;
+        let names: Vec<String> = (0..12).map(|i| format!("block{:02}.{}", 11 - i, if i % 2 == 0 { "weight" } else { "bias" })).collect();
+        let mut ids = Vec::new();
+        let mut expected = Vec::new();
+        for step in 0..3u32 {
+            // Tensors 4 and 5 have the same content in the first version only.
+            let data: Vec<Vec<u8>> = (0..12u32)
+                .map(|i| {
+                    let seed = if i == 5 && step == 0 { 4 } else { i };
+                    (0..3000u32).flat_map(|j| ((seed * 7919 + j) as f32 * 0.001 + step as f32 * 1e-4).sin().to_le_bytes()).collect()
+                })
+                .collect();
+            let infos: Vec<TensorInfo> = names.iter().map(|n| TensorInfo { name: n.clone(), dtype: DType::F32, shape: vec![3000] }).collect();
+            formats::write_safetensors(&dir.join("w.safetensors"), &infos, None, &mut |i, w| {
+                w.write_all(&data[i]).map_err(|e| StoreError::io("w", e))?;
+                Ok(data[i].len() as u64)
+            })?;
+            repo.add(&[dir.join("w.safetensors")])?;
+            let opts = CommitOptions { name: "m".into(), author: "t".into(), ..Default::default() };
+            ids.push(repo.commit(&opts, &NoProgress)?.id);
+            expected.push(data);
+        }
+        for (k, (id, data)) in ids.iter().zip(&expected).enumerate() {
+            let record = repo.get(id)?;
+            let listed: Vec<&str> = record.tensors.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(listed, names.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(record.tensors[4].object == record.tensors[5].object, k == 0);
+            assert_eq!(&tensor_bytes(&repo, id)?, data);
+        }
+        assert!(repo.fsck()?.is_ok());
+        Ok(())
+    }
+
     #[test]
     fn forward_deltas_and_second_children() -> Result<()> {
         let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
