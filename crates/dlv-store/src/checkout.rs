@@ -8,6 +8,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
+use rayon::prelude::*;
+
 use crate::commit::Progress;
 use crate::formats;
 use crate::record::{TensorEntry, VersionRecord};
@@ -154,10 +156,29 @@ impl Repository {
                 progress.begin(&format!("writing {}", path.display()), total);
                 let written = write_atomically(path, &|w| {
                     let mut n = self.objects().get_into(&header, w)?;
-                    for &i in &order {
-                        let k = self.objects().get_into(&record.tensors[i].object, w)?;
-                        progress.advance(k);
-                        n += k;
+                    // A window of tensors (one per thread) is decoded in parallel into memory,
+                    // then written in order; a tensor over PARALLEL_DECODE_MAX bytes is streamed
+                    // on its own, so memory stays bounded.
+                    for window in order.chunks(rayon::current_num_threads().max(1)) {
+                        let decoded: Vec<Option<Result<Vec<u8>>>> = window
+                            .par_iter()
+                            .map(|&i| {
+                                let t = &record.tensors[i];
+                                (window.len() > 1 && t.bytes <= PARALLEL_DECODE_MAX).then(|| self.objects().get_bytes(&t.object))
+                            })
+                            .collect();
+                        for (&i, bytes) in window.iter().zip(decoded) {
+                            let k = match bytes {
+                                Some(b) => {
+                                    let b = b?;
+                                    w.write_all(&b).map_err(|e| StoreError::io("<output>", e))?;
+                                    b.len() as u64
+                                }
+                                None => self.objects().get_into(&record.tensors[i].object, w)?,
+                            };
+                            progress.advance(k);
+                            n += k;
+                        }
                     }
                     Ok(n)
                 });
@@ -200,6 +221,10 @@ impl Repository {
         Ok(total)
     }
 }
+
+/// Largest tensor a checkout decodes into memory to decode it beside others (see
+/// `write_weights`).
+const PARALLEL_DECODE_MAX: u64 = 64 << 20;
 
 impl Repository {
     /// Tensor indexes in the data order of the original safetensors file, when its stored

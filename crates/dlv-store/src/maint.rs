@@ -649,6 +649,23 @@ mod tests {
             assert_eq!(&tensor_bytes(&repo, id)?, data);
         }
         assert!(repo.fsck()?.is_ok());
+        // A checkout decodes tensors side by side: one corrupt tensor still fails it, naming the
+        // object, and leaves no file behind.
+        let out = dir.join("out");
+        repo.checkout(&ids[2], &out, crate::checkout::Precision::Full, false, &NoProgress)?;
+        assert!(out.join("w.safetensors").exists());
+        let victim = repo.get(&ids[2])?.tensors[7].object.clone();
+        let path = repo.objects().path_of(&victim)?;
+        let mut bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        let at = bytes.len() - 10;
+        bytes[at] ^= 0x55;
+        std::fs::write(&path, &bytes).map_err(|e| StoreError::io(&path, e))?;
+        std::fs::remove_dir_all(&out).map_err(|e| StoreError::io(&out, e))?;
+        match repo.checkout(&ids[2], &out, crate::checkout::Precision::Full, false, &NoProgress) {
+            Err(StoreError::CorruptObject { id, .. }) => assert_eq!(id, victim),
+            other => panic!("{other:?}"),
+        }
+        assert!(!out.join("w.safetensors").exists());
         Ok(())
     }
 
