@@ -7,7 +7,10 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn load(path: &std::path::Path) -> Result<Vec<(dlv_store::DType, Vec<u8>)>, Box<dyn std::error::Error>> {
+/// A snapshot's tensors: dtype and little-endian bytes.
+type Tensors = Vec<(dlv_store::DType, Vec<u8>)>;
+
+fn load(path: &std::path::Path) -> Result<Tensors, Box<dyn std::error::Error>> {
     let bytes = std::fs::read(path)?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
     let mut out = Vec::new();

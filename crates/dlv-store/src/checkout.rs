@@ -59,7 +59,7 @@ impl Repository {
     ) -> Result<CheckoutOutcome> {
         let record = self.get(id)?;
         fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let mut plan: Vec<(PathBuf, Box<dyn Fn(&mut dyn Write) -> Result<u64> + '_>)> = Vec::new();
+        let mut plan: Vec<(PathBuf, FileWriter<'_>)> = Vec::new();
 
         if let Some(net) = &record.network {
             match &net.source {
@@ -221,6 +221,9 @@ impl Repository {
         Ok(total)
     }
 }
+
+/// Writes one checked-out file's content, returning its length.
+type FileWriter<'a> = Box<dyn Fn(&mut dyn Write) -> Result<u64> + 'a>;
 
 /// Largest tensor a checkout decodes into memory to decode it beside others (see
 /// `write_weights`).

@@ -522,7 +522,7 @@ fn read_info(id: &str, r: &mut dyn Read) -> Result<ObjectInfo> {
         }
         let width = t[1] as usize;
         let float = FloatKind::from_byte(t[2]).ok_or_else(|| corrupt(id, format!("unknown float kind {}", t[2])))?;
-        if !(1..=8).contains(&width) || len % width as u64 != 0 {
+        if !(1..=8).contains(&width) || !len.is_multiple_of(width as u64) {
             return Err(corrupt(id, format!("bad element width {width} for {len} bytes")));
         }
         info.layout = Some(TensorLayout { width, float });
@@ -703,7 +703,7 @@ impl TensorWriter {
             return Err(e);
         }
         self.drain_full_chunks()?;
-        if self.len % self.layout.width as u64 != 0 {
+        if !self.len.is_multiple_of(self.layout.width as u64) {
             return Err(StoreError::Invalid(format!(
                 "tensor of {} bytes is not a whole number of {}-byte elements",
                 self.len, self.layout.width

@@ -299,7 +299,7 @@ const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
 
 /// Parses one CIFAR-10 binary batch (records of 1 label byte + 3072 pixel bytes).
 pub fn parse_cifar(bytes: &[u8], path: &Path, out: &mut Dataset) -> Result<()> {
-    if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD) {
         return Err(TrainError::data(
             path,
             format!("{} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records (truncated?)", bytes.len()),

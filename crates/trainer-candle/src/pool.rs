@@ -184,7 +184,7 @@ fn max_fwd_argmax<T: WithDType>(x: &[T], (n, c, h, w): (usize, usize, usize, usi
 
 /// Max pooling's input gradient from the recorded argmax: one add per output.
 fn max_bwd_argmax<T: WithDType>(g: &[T], arg: &[u32], (n, c, h, w): (usize, usize, usize, usize)) -> candle_core::Result<Vec<T>> {
-    if g.len() != arg.len() || n * c == 0 || g.len() % (n * c) != 0 {
+    if g.len() != arg.len() || n * c == 0 || !g.len().is_multiple_of(n * c) {
         candle_core::bail!("pooling gradient has {} elements for {} recorded maxima", g.len(), arg.len());
     }
     let per = g.len() / (n * c);

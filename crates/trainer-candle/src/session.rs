@@ -233,7 +233,7 @@ impl Session {
         self.window.0 += lv;
         self.window.1 += 1;
         let display = self.solver.config.display.max(1);
-        if self.iter % display == 0 || self.iter == 1 {
+        if self.iter.is_multiple_of(display) || self.iter == 1 {
             let avg = self.window.0 / self.window.1.max(1) as f64;
             self.push("train/loss", self.iter, avg);
             self.push("lr", self.iter, lr);
@@ -290,7 +290,7 @@ impl Session {
         for _ in 0..n {
             let s = self.step()?;
             let ti = self.solver.config.test_interval;
-            if ti > 0 && self.iter % ti == 0 {
+            if ti > 0 && self.iter.is_multiple_of(ti) {
                 self.test()?;
             }
             if !on_step(&s, self)? {

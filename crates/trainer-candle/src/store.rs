@@ -154,7 +154,7 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
         offset += len;
     }
     let mut h = serde_json::Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let io = |source| TrainError::Io { path: path.to_path_buf(), source };

@@ -19,6 +19,12 @@ pub struct Scratch {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Scratch {
     pub fn new() -> Scratch {
         Scratch { dir: tempfile::tempdir().expect("temp dir") }

@@ -607,7 +607,7 @@ fn decode_mask(h: &ChunkHeader, mask: Option<&[u8]>, n: usize, verify: bool) -> 
             if verify && plane_sum(&bm) != d.sum {
                 return Err("mask: fails its checksum".into());
             }
-            if n % 8 != 0 && bm.last().is_some_and(|&b| b >> (n % 8) != 0) {
+            if !n.is_multiple_of(8) && bm.last().is_some_and(|&b| b >> (n % 8) != 0) {
                 return Err("mask: marks elements past the end".into());
             }
             Ok(Some(bm))

@@ -250,7 +250,7 @@ pub fn decode(coder: Coder, data: &[u8], n: usize) -> Result<Vec<u8>, String> {
             let (bz, vz) = rest.split_at(blen);
             let bitmap = unzstd(bz, n.div_ceil(8))?;
             let ones: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
-            if n % 8 != 0 {
+            if !n.is_multiple_of(8) {
                 if let Some(last) = bitmap.last() {
                     if last >> (n % 8) != 0 {
                         return Err("sparse plane bitmap marks elements past the end".into());

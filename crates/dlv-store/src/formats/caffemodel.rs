@@ -318,7 +318,7 @@ impl Wire<'_> {
                     let elem = if field == 5 { 4 } else { 8 };
                     let e = self.len_end(end)?;
                     let n = e - self.pos;
-                    if n % elem != 0 {
+                    if !n.is_multiple_of(elem) {
                         return Err(self.err(at, format!("packed {} data of {n} bytes is not a whole number of values", if elem == 4 { "float" } else { "double" })));
                     }
                     let vals = if field == 5 { &mut b.f32s } else { &mut b.f64s };

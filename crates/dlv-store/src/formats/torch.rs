@@ -752,7 +752,7 @@ impl Vm {
 }
 
 fn pairs(items: Vec<Val>, at: usize) -> VmResult<Vec<(Val, Val)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err((at, "odd number of items for a dict".into()));
     }
     let mut out = Vec::with_capacity(items.len() / 2);

@@ -275,6 +275,12 @@ pub struct Local {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for Local {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Local {
     pub fn new() -> Local {
         let dir = tempfile::tempdir().expect("temp dir");
