@@ -326,8 +326,9 @@ impl Repository {
             let abs = self.work_dir().join(&s.path);
             let infos = formats::open_weights(&abs)?.tensors().to_vec();
             let total: u64 = infos.iter().map(|t| t.byte_len()).sum();
-            for (i, info) in infos.iter().enumerate() {
-                if record.tensors.iter().any(|t| t.name == info.name) || infos[..i].iter().any(|t| t.name == info.name) {
+            let mut seen: std::collections::HashSet<&str> = record.tensors.iter().map(|t| t.name.as_str()).collect();
+            for info in &infos {
+                if !seen.insert(info.name.as_str()) {
                     return Err(StoreError::Invalid(format!(
                         "tensor '{}' appears in two staged weights files",
                         info.name

@@ -669,6 +669,24 @@ mod tests {
         Ok(())
     }
 
+    /// A tensor name in two staged weights files is refused before anything is recorded.
+    #[test]
+    fn a_tensor_in_two_weights_files_is_an_error() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
+        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
+        let repo = Repository::init(&dir)?;
+        weights_file(&dir, "a.safetensors", 0, 0)?;
+        weights_file(&dir, "b.safetensors", 10, 0)?;
+        repo.add(&[dir.join("a.safetensors"), dir.join("b.safetensors")])?;
+        let opts = CommitOptions { name: "m".into(), author: "t".into(), ..Default::default() };
+        match repo.commit(&opts, &NoProgress) {
+            Err(StoreError::Invalid(msg)) => assert!(msg.contains("appears in two staged weights files"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(repo.ids_of_name("m")?.is_empty());
+        Ok(())
+    }
+
     #[test]
     fn forward_deltas_and_second_children() -> Result<()> {
         let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
