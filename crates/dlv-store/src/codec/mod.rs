@@ -576,13 +576,13 @@ fn code_plane(plane: &[u8], lead: Option<&[bool]>) -> (Coder, Vec<u8>) {
     }
     let whole_est = entropy::bits_of(&all);
     if split_est > SPLIT_MAYBE * whole_est || all.contains(&(plane.len() as u64)) {
-        return stream::encode(plane);
+        return stream::encode_with_hist(plane, &all);
     }
-    let s = stream::encode_split(plane, is_lead);
+    let s = stream::encode_split(plane, is_lead, Some((&ha, &hb)));
     if split_est < SPLIT_SURE * whole_est {
         return (Coder::Split, s);
     }
-    let (c, bytes) = stream::encode(plane);
+    let (c, bytes) = stream::encode_with_hist(plane, &all);
     if s.len() < bytes.len() {
         return (Coder::Split, s);
     }

@@ -73,8 +73,13 @@ fn zstd1(data: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// Encodes one plane with the smallest coder.
 pub fn encode(plane: &[u8]) -> (Coder, Vec<u8>) {
+    encode_with_hist(plane, &entropy::histogram(plane))
+}
+
+/// [`encode`] with the plane's byte histogram already counted.
+pub fn encode_with_hist(plane: &[u8], hist: &[u64; 256]) -> (Coder, Vec<u8>) {
+    let hist = *hist;
     let Some(&first) = plane.first() else { return (Coder::Stored, Vec::new()) };
-    let hist = entropy::histogram(plane);
     if hist[first as usize] == plane.len() as u64 {
         return (Coder::Constant, vec![first]);
     }
@@ -128,15 +133,23 @@ pub fn encode(plane: &[u8]) -> (Coder, Vec<u8>) {
 
 fn encode_sparse(plane: &[u8]) -> Option<Vec<u8>> {
     let mut bitmap = vec![0u8; plane.len().div_ceil(8)];
-    let mut values = Vec::with_capacity(plane.len() / 4);
+    // Branch-free: every byte is written at the next free slot, which only advances past
+    // non-zero ones.
+    let mut values = vec![0u8; plane.len() + 1];
+    let mut k = 0usize;
     for (bits, group) in bitmap.iter_mut().zip(plane.chunks(8)) {
+        let mut acc = 0u8;
         for (j, &b) in group.iter().enumerate() {
-            *bits |= ((b != 0) as u8) << j;
+            let nz = b != 0;
+            acc |= (nz as u8) << j;
+            if let Some(v) = values.get_mut(k) {
+                *v = b;
+            }
+            k += nz as usize;
         }
-        if *bits != 0 {
-            values.extend(group.iter().filter(|&&b| b != 0));
-        }
+        *bits = acc;
     }
+    values.truncate(k);
     let bz = zstd1(&bitmap).ok()?;
     let vz = zstd1(&values).ok()?;
     let mut out = Vec::with_capacity(4 + bz.len() + vz.len());
@@ -150,7 +163,7 @@ fn encode_sparse(plane: &[u8]) -> Option<Vec<u8>> {
 const SPLIT_HEADER: usize = 18;
 
 /// Codes `plane` split by `lead` (see [`Coder::Split`]): each part with its smallest coder.
-pub fn encode_split(plane: &[u8], lead: &[bool]) -> Vec<u8> {
+pub fn encode_split(plane: &[u8], lead: &[bool], hists: Option<(&[u64; 256], &[u64; 256])>) -> Vec<u8> {
     let count = lead.iter().filter(|&&l| l).count();
     let mut a = Vec::with_capacity(count);
     let mut b = Vec::with_capacity(plane.len() - count.min(plane.len()));
@@ -161,7 +174,11 @@ pub fn encode_split(plane: &[u8], lead: &[bool]) -> Vec<u8> {
             b.push(x);
         }
     }
-    let ((ca, sa), (cb, sb)) = rayon::join(|| encode(&a), || encode(&b));
+    let code = |part: &[u8], h: Option<&[u64; 256]>| match h {
+        Some(h) => encode_with_hist(part, h),
+        None => encode(part),
+    };
+    let ((ca, sa), (cb, sb)) = rayon::join(|| code(&a, hists.map(|h| h.0)), || code(&b, hists.map(|h| h.1)));
     let mut out = Vec::with_capacity(SPLIT_HEADER + sa.len() + sb.len());
     out.push(ca as u8);
     out.push(cb as u8);
@@ -344,7 +361,7 @@ mod tests {
         assert_eq!(decode(coder, &bytes, plane.len())?, plane);
         // Inside a split plane too.
         let lead: Vec<bool> = (0..plane.len()).map(|i| i % 3 == 0).collect();
-        let s = encode_split(&plane, &lead);
+        let s = encode_split(&plane, &lead, None);
         assert_eq!(s[..2], [Coder::Rans as u8, Coder::Rans as u8]);
         let (a, b) = decode_split_parts(&s, plane.len())?;
         assert_eq!(merge_split(&a, &b, &lead)?, plane);
