@@ -877,6 +877,16 @@ fn place<const W: usize>(words: impl Iterator<Item = u64>, bitmap: Option<&[u8]>
             }
             let mut words = words;
             for (k, &byte) in bm.iter().enumerate() {
+                if byte == 0xff {
+                    // Eight kept elements in a row: no bit scanning.
+                    let Some(run) = dst.get_mut(k * 8 * W..(k + 1) * 8 * W) else { return };
+                    for o in run.chunks_exact_mut(W) {
+                        let Some(r) = words.next() else { return };
+                        let v = f(r, load::<W>(o));
+                        o.copy_from_slice(&v.to_le_bytes()[..W]);
+                    }
+                    continue;
+                }
                 let mut bits = byte;
                 while bits != 0 {
                     let i = (k * 8 + bits.trailing_zeros() as usize) * W;
