@@ -360,28 +360,72 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mod
     EncodedChunk { header: ChunkHeader { elems: n as u64, transform: best.0, flags, mask: mask_desc, streams: descs }, streams }
 }
 
-/// The residual of one element: the transform against the base word, then the rotation of the
-/// top 16 bits (the definitions of [`transform_words`]).
+/// Mask of a `width`-byte word.
 #[inline(always)]
-fn residual<const W: usize>(v: u64, b: u64, t: Transform, rotate: bool) -> u64 {
-    let bits = 8 * W as u32;
-    let m = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+fn word_mask(width: usize) -> u64 {
+    if width >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * width)) - 1
+    }
+}
+
+/// Rotates the top 16 bits of a `width`-byte word left by one (`left`) or right by one.
+#[inline(always)]
+fn rotate_word(x: u64, width: usize, left: bool) -> u64 {
+    let sh = 8 * width as u32 - 16;
+    let low = if sh == 0 { 0 } else { (1u64 << sh) - 1 };
+    let t16 = (x >> sh) & 0xffff;
+    let r16 = if left { (t16 << 1) | (t16 >> 15) } else { (t16 >> 1) | (t16 << 15) };
+    (x & low) | ((r16 & 0xffff) << sh)
+}
+
+/// The residual of one element of `width` bytes: the transform against the base word, then
+/// (with `rotate`, for widths of 2 and more) the rotation of the top 16 bits.
+#[inline(always)]
+fn residual_word(v: u64, b: u64, t: Transform, rotate: bool, width: usize) -> u64 {
+    let m = word_mask(width);
     let r = match t {
         Transform::None => v,
         Transform::Xor => v ^ b,
         Transform::Sub => {
             let d = v.wrapping_sub(b) & m;
-            ((d << 1) & m) ^ (((d >> (bits - 1)) & 1).wrapping_neg() & m)
+            ((d << 1) & m) ^ (((d >> (8 * width as u32 - 1)) & 1).wrapping_neg() & m)
         }
     };
-    if rotate {
-        let sh = bits - 16;
-        let low = if sh == 0 { 0 } else { (1u64 << sh) - 1 };
-        let t16 = (r >> sh) & 0xffff;
-        (r & low) | ((((t16 << 1) | (t16 >> 15)) & 0xffff) << sh)
+    if rotate && width >= 2 {
+        rotate_word(r, width, true)
     } else {
         r
     }
+}
+
+/// The value word from the residual word `r` and the base word `b`: the inverse of
+/// [`residual_word`].
+#[inline(always)]
+fn value_word(r: u64, b: u64, t: Transform, rotate: bool, width: usize) -> u64 {
+    let m = word_mask(width);
+    let r = if rotate && width >= 2 { rotate_word(r, width, false) } else { r };
+    match t {
+        Transform::None => r,
+        Transform::Xor => r ^ b,
+        Transform::Sub => b.wrapping_add((r >> 1) ^ ((r & 1).wrapping_neg() & m)) & m,
+    }
+}
+
+/// Evaluates `$run!(transform, rotate)` with both as constants, so that each of the six
+/// combinations gets its own loop with no per-element branch on them.
+macro_rules! for_each_transform {
+    ($t:expr, $rotate:expr, $run:ident) => {
+        match ($t, $rotate) {
+            (Transform::None, false) => $run!(Transform::None, false),
+            (Transform::None, true) => $run!(Transform::None, true),
+            (Transform::Xor, false) => $run!(Transform::Xor, false),
+            (Transform::Xor, true) => $run!(Transform::Xor, true),
+            (Transform::Sub, false) => $run!(Transform::Sub, false),
+            (Transform::Sub, true) => $run!(Transform::Sub, true),
+        }
+    };
 }
 
 /// Residual planes of a chunk of `W`-byte elements, read straight from the bytes: the mask
@@ -390,18 +434,11 @@ fn residual<const W: usize>(v: u64, b: u64, t: Transform, rotate: bool) -> u64 {
 fn residual_planes<const W: usize>(value: &[u8], base: Option<&[u8]>, t: Transform, rotate: bool) -> (Planes, Option<Vec<u8>>) {
     macro_rules! run {
         ($t:expr, $rot:expr) => {
-            residual_planes_with::<W>(value, base, |v, b| residual::<W>(v, b, $t, $rot))
+            residual_planes_with::<W>(value, base, |v, b| residual_word(v, b, $t, $rot, W))
         };
     }
     let t = if base.is_none() { Transform::None } else { t };
-    match (t, rotate) {
-        (Transform::None, false) => run!(Transform::None, false),
-        (Transform::None, true) => run!(Transform::None, true),
-        (Transform::Xor, false) => run!(Transform::Xor, false),
-        (Transform::Xor, true) => run!(Transform::Xor, true),
-        (Transform::Sub, false) => run!(Transform::Sub, false),
-        (Transform::Sub, true) => run!(Transform::Sub, true),
-    }
+    for_each_transform!(t, rotate, run)
 }
 
 #[inline(always)]
@@ -528,30 +565,9 @@ pub fn le_words(data: &[u8], width: usize) -> Vec<u64> {
 /// Turns words into residual words in place: the transform against the base, then the
 /// rotation of the top 16 bits (same definitions as the plane functions in [`planes`]).
 fn transform_words(w: &mut [u64], base: Option<&[u64]>, width: usize, t: Transform, rotate: bool) {
-    let bits = 8 * width as u32;
-    let m = if width >= 8 { u64::MAX } else { (1u64 << bits) - 1 };
-    match (t, base) {
-        (Transform::Xor, Some(b)) => {
-            for (x, y) in w.iter_mut().zip(b) {
-                *x ^= y;
-            }
-        }
-        (Transform::Sub, Some(b)) => {
-            let top = bits - 1;
-            for (x, y) in w.iter_mut().zip(b) {
-                let d = x.wrapping_sub(*y) & m;
-                *x = ((d << 1) & m) ^ (((d >> top) & 1).wrapping_neg() & m);
-            }
-        }
-        _ => {}
-    }
-    if rotate && width >= 2 {
-        let sh = bits - 16;
-        let low = if sh == 0 { 0 } else { (1u64 << sh) - 1 };
-        for x in w.iter_mut() {
-            let t16 = (*x >> sh) & 0xffff;
-            *x = (*x & low) | ((((t16 << 1) | (t16 >> 15)) & 0xffff) << sh);
-        }
+    match base {
+        Some(b) => w.iter_mut().zip(b).for_each(|(x, &y)| *x = residual_word(*x, y, t, rotate, width)),
+        None => w.iter_mut().for_each(|x| *x = residual_word(*x, 0, Transform::None, rotate, width)),
     }
 }
 
@@ -788,26 +804,6 @@ pub fn assemble_chunk(h: &ChunkHeader, r: &Residual, base: Option<&[u8]>, out: &
     Ok(())
 }
 
-/// The value word from the residual word `r` and the base word `b` of a `W`-byte element.
-#[inline(always)]
-fn undo<const W: usize>(r: u64, b: u64, t: Transform, rotate: bool) -> u64 {
-    let bits = 8 * W as u32;
-    let m = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
-    let r = if rotate {
-        let sh = bits - 16;
-        let low = if sh == 0 { 0 } else { (1u64 << sh) - 1 };
-        let t16 = (r >> sh) & 0xffff;
-        (r & low) | ((((t16 >> 1) | (t16 << 15)) & 0xffff) << sh)
-    } else {
-        r
-    };
-    match t {
-        Transform::None => r,
-        Transform::Xor => r ^ b,
-        Transform::Sub => b.wrapping_add((r >> 1) ^ ((r & 1).wrapping_neg() & m)) & m,
-    }
-}
-
 #[inline(always)]
 fn load<const W: usize>(bytes: &[u8]) -> u64 {
     let mut a = [0u8; 8];
@@ -820,17 +816,10 @@ fn load<const W: usize>(bytes: &[u8]) -> u64 {
 fn assemble<const W: usize>(planes: &Planes, bitmap: Option<&[u8]>, base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) {
     macro_rules! run {
         ($t:expr, $rot:expr) => {
-            assemble_with::<W>(planes, bitmap, base, dst, |r, b| undo::<W>(r, b, $t, $rot))
+            assemble_with::<W>(planes, bitmap, base, dst, |r, b| value_word(r, b, $t, $rot, W))
         };
     }
-    match (t, rotate) {
-        (Transform::None, false) => run!(Transform::None, false),
-        (Transform::None, true) => run!(Transform::None, true),
-        (Transform::Xor, false) => run!(Transform::Xor, false),
-        (Transform::Xor, true) => run!(Transform::Xor, true),
-        (Transform::Sub, false) => run!(Transform::Sub, false),
-        (Transform::Sub, true) => run!(Transform::Sub, true),
-    }
+    for_each_transform!(t, rotate, run)
 }
 
 #[inline(always)]
@@ -903,25 +892,8 @@ fn place<const W: usize>(words: impl Iterator<Item = u64>, bitmap: Option<&[u8]>
 /// [`assemble`] for element widths without a specialised loop.
 fn assemble_any(planes: &Planes, bitmap: Option<&[u8]>, base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool, w: usize) {
     let m = planes.first().map_or(0, Vec::len);
-    let bits = 8 * w as u32;
-    let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
     let read = |bytes: &[u8]| bytes.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64);
     let word = |j: usize| planes.iter().enumerate().fold(0u64, |acc, (p, plane)| acc | ((plane[j] as u64) << (8 * p)));
-    let undo_any = |r: u64, b: u64| -> u64 {
-        let r = if rotate && w >= 2 {
-            let sh = bits - 16;
-            let low = if sh == 0 { 0 } else { (1u64 << sh) - 1 };
-            let t16 = (r >> sh) & 0xffff;
-            (r & low) | ((((t16 >> 1) | (t16 << 15)) & 0xffff) << sh)
-        } else {
-            r
-        };
-        match t {
-            Transform::None => r,
-            Transform::Xor => r ^ b,
-            Transform::Sub => b.wrapping_add((r >> 1) ^ ((r & 1).wrapping_neg() & mask)) & mask,
-        }
-    };
     if let (Some(_), Some(b)) = (bitmap, base) {
         dst.copy_from_slice(b);
     }
@@ -937,7 +909,7 @@ fn assemble_any(planes: &Planes, bitmap: Option<&[u8]>, base: Option<&[u8]>, dst
             (None, Some(base)) => base.get(i * w..(i + 1) * w).map_or(0, read),
             (Some(_), Some(_)) => read(o),
         };
-        let v = undo_any(word(j), b);
+        let v = value_word(word(j), b, t, rotate, w);
         o.copy_from_slice(&v.to_le_bytes()[..w.min(8)]);
     }
 }
