@@ -466,24 +466,7 @@ fn residual_planes_with<const W: usize>(value: &[u8], base: Option<&[u8]>, f: im
         split_words(&r, &mut planes);
         return (planes, None);
     }
-    let mut bitmap = vec![0u8; n.div_ceil(8)];
-    // Branch-free: every word is written at the next free slot, which only advances past
-    // non-zero ones (zeros are scattered, so a branch would mispredict often).
-    let mut compact = vec![0u32; m + 1];
-    let mut j = 0usize;
-    for (bits, group) in bitmap.iter_mut().zip(r.chunks(8)) {
-        let mut acc = 0u8;
-        for (k, &w) in group.iter().enumerate() {
-            let nz = w != 0;
-            acc |= (nz as u8) << k;
-            if let Some(slot) = compact.get_mut(j) {
-                *slot = w;
-            }
-            j += nz as usize;
-        }
-        *bits = acc;
-    }
-    compact.truncate(m);
+    let (compact, bitmap) = planes::compact_nonzero(&r);
     split_words(&compact, &mut planes);
     (planes, Some(bitmap))
 }
@@ -527,17 +510,12 @@ fn residual_planes_any(value: &[u8], base: Option<&[u8]>, width: usize, t: Trans
     let bw = base.map(|b| le_words(b, width));
     transform_words(&mut words, bw.as_deref(), width, t, rotate);
     let zeros = words.iter().filter(|&&w| w == 0).count();
-    let masked = n > 0 && zeros * MASK_MIN_ZEROS >= n;
-    let mask = masked.then(|| {
-        let mut bitmap = vec![0u8; n.div_ceil(8)];
-        for (i, &w) in words.iter().enumerate() {
-            bitmap[i / 8] |= ((w != 0) as u8) << (i % 8);
-        }
-        bitmap
-    });
-    if masked {
-        words.retain(|&w| w != 0);
-    }
+    let (words, mask) = if n > 0 && zeros * MASK_MIN_ZEROS >= n {
+        let (compact, bitmap) = planes::compact_nonzero(&words);
+        (compact, Some(bitmap))
+    } else {
+        (words, None)
+    };
     ((0..width).map(|p| words.iter().map(|&w| (w >> (8 * p)) as u8).collect()).collect(), mask)
 }
 

@@ -82,6 +82,30 @@ pub fn join_top(planes: &Planes, lo: usize, out: &mut Vec<u8>) {
     }
 }
 
+/// The non-zero elements of `src` in order, and the bitmap of their positions (bit i of byte
+/// i / 8, LSB first). Branch-free: every element is written at the next free slot, which only
+/// advances past non-zero ones (zeros are scattered, so a branch would mispredict often).
+pub fn compact_nonzero<T: Copy + Default + PartialEq>(src: &[T]) -> (Vec<T>, Vec<u8>) {
+    let zero = T::default();
+    let mut bitmap = vec![0u8; src.len().div_ceil(8)];
+    let mut out = vec![zero; src.len() + 1];
+    let mut k = 0usize;
+    for (bits, group) in bitmap.iter_mut().zip(src.chunks(8)) {
+        let mut acc = 0u8;
+        for (j, &x) in group.iter().enumerate() {
+            let nz = x != zero;
+            acc |= (nz as u8) << j;
+            if let Some(slot) = out.get_mut(k) {
+                *slot = x;
+            }
+            k += nz as usize;
+        }
+        *bits = acc;
+    }
+    out.truncate(k);
+    (out, bitmap)
+}
+
 /// Little-endian words of up to 8 bytes from planes (all `width` planes present).
 fn words(planes: &Planes) -> Vec<u64> {
     let n = planes.first().map_or(0, Vec::len);
@@ -239,6 +263,19 @@ mod tests {
             let z = sub_zigzag(&pa, &pb);
             assert_eq!(add_unzigzag(&z, &pb), pa, "width {width}");
         }
+    }
+
+    #[test]
+    fn compact_nonzero_keeps_order_and_positions() {
+        let src: Vec<u32> = (0..21).map(|i| if i % 3 == 0 { 0 } else { i * 10 }).collect();
+        let (kept, bitmap) = compact_nonzero(&src);
+        assert_eq!(kept, src.iter().copied().filter(|&x| x != 0).collect::<Vec<_>>());
+        assert_eq!(bitmap.len(), 3);
+        for (i, &x) in src.iter().enumerate() {
+            assert_eq!(bitmap[i / 8] >> (i % 8) & 1 == 1, x != 0, "element {i}");
+        }
+        assert_eq!(bitmap[2] >> 5, 0, "no bit past the end");
+        assert_eq!(compact_nonzero::<u8>(&[]), (vec![], vec![]));
     }
 
     #[test]

@@ -132,24 +132,7 @@ pub fn encode_with_hist(plane: &[u8], hist: &[u64; 256]) -> (Coder, Vec<u8>) {
 }
 
 fn encode_sparse(plane: &[u8]) -> Option<Vec<u8>> {
-    let mut bitmap = vec![0u8; plane.len().div_ceil(8)];
-    // Branch-free: every byte is written at the next free slot, which only advances past
-    // non-zero ones.
-    let mut values = vec![0u8; plane.len() + 1];
-    let mut k = 0usize;
-    for (bits, group) in bitmap.iter_mut().zip(plane.chunks(8)) {
-        let mut acc = 0u8;
-        for (j, &b) in group.iter().enumerate() {
-            let nz = b != 0;
-            acc |= (nz as u8) << j;
-            if let Some(v) = values.get_mut(k) {
-                *v = b;
-            }
-            k += nz as usize;
-        }
-        *bits = acc;
-    }
-    values.truncate(k);
+    let (values, bitmap) = super::planes::compact_nonzero(plane);
     let bz = zstd1(&bitmap).ok()?;
     let vz = zstd1(&values).ok()?;
     let mut out = Vec::with_capacity(4 + bz.len() + vz.len());
