@@ -530,6 +530,14 @@ mod tests {
         })
     }
 
+    /// A new repository in a temporary folder (kept while the guard lives) and its path.
+    fn scratch_repo() -> Result<(tempfile::TempDir, std::path::PathBuf, Repository)> {
+        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
+        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
+        let repo = Repository::init(&dir)?;
+        Ok((tmp, dir, repo))
+    }
+
     fn commit(repo: &Repository, dir: &Path, step: u32) -> Result<String> {
         weights_file(dir, "w.safetensors", step, 0)?;
         repo.add(&[dir.join("w.safetensors")])?;
@@ -550,9 +558,7 @@ mod tests {
 
     #[test]
     fn chains_stay_bounded_and_fsck_gc_repack_keep_everything() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
-        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
-        let repo = Repository::init(&dir)?;
+        let (_tmp, dir, repo) = scratch_repo()?;
         set_config(&dir, "max_chain = 3")?;
         let mut ids = Vec::new();
         for step in 0..9 {
@@ -617,9 +623,7 @@ mod tests {
     /// after two tensors that shared an object diverge (both re-code that parent at once).
     #[test]
     fn many_tensors_commit_in_file_order() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
-        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
-        let repo = Repository::init(&dir)?;
+        let (_tmp, dir, repo) = scratch_repo()?;
         let names: Vec<String> = (0..12).map(|i| format!("block{:02}.{}", 11 - i, if i % 2 == 0 { "weight" } else { "bias" })).collect();
         let mut ids = Vec::new();
         let mut expected = Vec::new();
@@ -672,9 +676,7 @@ mod tests {
     /// A tensor name in two staged weights files is refused before anything is recorded.
     #[test]
     fn a_tensor_in_two_weights_files_is_an_error() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
-        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
-        let repo = Repository::init(&dir)?;
+        let (_tmp, dir, repo) = scratch_repo()?;
         weights_file(&dir, "a.safetensors", 0, 0)?;
         weights_file(&dir, "b.safetensors", 10, 0)?;
         repo.add(&[dir.join("a.safetensors"), dir.join("b.safetensors")])?;
@@ -689,9 +691,7 @@ mod tests {
 
     #[test]
     fn forward_deltas_and_second_children() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
-        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
-        let repo = Repository::init(&dir)?;
+        let (_tmp, dir, repo) = scratch_repo()?;
         set_config(&dir, "max_chain = 3\nreverse = false")?;
         let mut ids = Vec::new();
         for step in 0..5 {
@@ -721,9 +721,7 @@ mod tests {
 
     #[test]
     fn gc_keeps_bases_and_fsck_finds_a_missing_base() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
-        let dir = std::fs::canonicalize(tmp.path()).map_err(|e| StoreError::io("tmp", e))?;
-        let repo = Repository::init(&dir)?;
+        let (_tmp, dir, repo) = scratch_repo()?;
         let a = commit(&repo, &dir, 0)?;
         let b = commit(&repo, &dir, 10)?;
         // Reverse delta: the older version's tensor is coded against the newer one.
