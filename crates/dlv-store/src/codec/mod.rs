@@ -360,16 +360,6 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mod
     EncodedChunk { header: ChunkHeader { elems: n as u64, transform: best.0, flags, mask: mask_desc, streams: descs }, streams }
 }
 
-/// Mask of a `width`-byte word.
-#[inline(always)]
-fn word_mask(width: usize) -> u64 {
-    if width >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (8 * width)) - 1
-    }
-}
-
 /// Rotates the top 16 bits of a `width`-byte word left by one (`left`) or right by one.
 #[inline(always)]
 fn rotate_word(x: u64, width: usize, left: bool) -> u64 {
@@ -384,7 +374,7 @@ fn rotate_word(x: u64, width: usize, left: bool) -> u64 {
 /// (with `rotate`, for widths of 2 and more) the rotation of the top 16 bits.
 #[inline(always)]
 fn residual_word(v: u64, b: u64, t: Transform, rotate: bool, width: usize) -> u64 {
-    let m = word_mask(width);
+    let m = planes::mask(width);
     let r = match t {
         Transform::None => v,
         Transform::Xor => v ^ b,
@@ -404,7 +394,7 @@ fn residual_word(v: u64, b: u64, t: Transform, rotate: bool, width: usize) -> u6
 /// [`residual_word`].
 #[inline(always)]
 fn value_word(r: u64, b: u64, t: Transform, rotate: bool, width: usize) -> u64 {
-    let m = word_mask(width);
+    let m = planes::mask(width);
     let r = if rotate && width >= 2 { rotate_word(r, width, false) } else { r };
     match t {
         Transform::None => r,

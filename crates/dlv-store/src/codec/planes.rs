@@ -180,7 +180,9 @@ pub fn xor_into(a: &mut Planes, b: &Planes) {
     }
 }
 
-fn mask(width: usize) -> u64 {
+/// Mask of a `width`-byte word.
+#[inline(always)]
+pub fn mask(width: usize) -> u64 {
     if width >= 8 {
         u64::MAX
     } else {
