@@ -321,15 +321,12 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mod
     };
     // The context of plane p: every higher residual byte of the element is zero.
     let mut leads: Vec<Option<Vec<bool>>> = vec![None; width];
-    let mut above: Option<Vec<bool>> = None;
     for p in (0..width.saturating_sub(1)).rev() {
         let hi = &planes[p + 1];
-        let l = match above {
-            Some(a) => a.iter().zip(hi).map(|(&x, &b)| x & (b == 0)).collect(),
-            None => hi.iter().map(|&b| b == 0).collect::<Vec<bool>>(),
-        };
-        above = Some(l.clone());
-        leads[p] = Some(l);
+        leads[p] = Some(match &leads[p + 1] {
+            Some(above) => above.iter().zip(hi).map(|(&x, &b)| x & (b == 0)).collect(),
+            None => hi.iter().map(|&b| b == 0).collect(),
+        });
     }
     let mask_coded = mask.as_ref().map(|bm| {
         let (c, bytes) = stream::encode(bm);
@@ -632,42 +629,11 @@ pub fn decode_residual(
     coded: Vec<Coded<'_>>,
 ) -> Result<Planes, String> {
     let n = h.elems as usize;
-    let bitmap = decode_mask(h, mask, n, true)?;
-    let m = bitmap.as_ref().map_or(n, |bm| bm.iter().map(|b| b.count_ones() as usize).sum());
-    let mut parts = decode_parts(coded, m)?;
-    parts.sort_by_key(|part| std::cmp::Reverse(part.0));
-    let mut planes: Planes = vec![Vec::new(); width];
-    let mut lead: Option<Vec<bool>> = None;
-    let mut sums = Vec::with_capacity(parts.len());
-    for (i, (p, desc, part)) in parts.into_iter().enumerate() {
-        if p + i + 1 != width {
-            return Err(format!("plane {p} requested without the planes above it"));
-        }
-        let plane = match part {
-            Part::Whole(v) => v,
-            Part::Split(a, b) => {
-                let l = lead.as_deref().ok_or_else(|| format!("plane {p}: the top plane cannot be split"))?;
-                stream::merge_split(&a, &b, l).map_err(|e| format!("plane {p}: {e}"))?
-            }
-        };
-        let l = lead.get_or_insert_with(|| vec![true; m]);
-        for (x, &b) in l.iter_mut().zip(&plane) {
-            *x &= b == 0;
-        }
-        sums.push((p, desc.sum));
-        planes[p] = plane;
-    }
-    sums.par_iter().try_for_each(|&(p, sum)| {
-        if plane_sum(&planes[p]) != sum {
-            return Err(format!("plane {p}: fails its checksum"));
-        }
-        Ok(())
-    })?;
+    let Residual { mut planes, bitmap, decoded } = decode_planes(h, width, mask, coded, true)?;
     if let Some(bm) = bitmap {
         // Planes that were decoded (possibly empty when every word is zero) go back to n.
-        let lowest = width - sums.len();
-        let positions = set_positions(&bm, m);
-        planes[lowest..].par_iter_mut().for_each(|p| *p = expand(p, &positions, n));
+        let positions = set_positions(&bm);
+        planes[width - decoded..].par_iter_mut().for_each(|p| *p = expand(p, &positions, n));
     }
     Ok(planes)
 }
@@ -693,19 +659,22 @@ pub fn decode_chunk(
 
 /// The residual of a whole chunk, decoded but not yet combined with its base.
 pub struct Residual {
+    /// Highest plane first in the decoding; planes not decoded are empty.
     planes: Planes,
     bitmap: Option<Vec<u8>>,
+    /// How many of the top planes were decoded.
+    decoded: usize,
 }
 
-/// The first half of [`decode_chunk`], which needs no base (so it can run while the base is
-/// decoded).
+/// Decodes the top planes of a chunk whose streams `coded` holds (the first half of
+/// [`decode_chunk`], which needs no base, so it can run while the base is decoded): the mask,
+/// every stream in parallel, then the split planes from the top down. Checksums are checked
+/// with `verify`.
 pub fn decode_planes(h: &ChunkHeader, width: usize, mask: Option<&[u8]>, coded: Vec<Coded<'_>>, verify: bool) -> Result<Residual, String> {
     let n = h.elems as usize;
     let bitmap = decode_mask(h, mask, n, verify)?;
     let m = bitmap.as_ref().map_or(n, |bm| bm.iter().map(|b| b.count_ones() as usize).sum());
-    if coded.len() != width {
-        return Err("a full decode needs every plane".into());
-    }
+    let decoded = coded.len();
     let mut parts = decode_parts(coded, m)?;
     parts.sort_by_key(|part| std::cmp::Reverse(part.0));
     // The lowest split plane: the "higher bytes all zero" context is kept only down to it.
@@ -715,7 +684,7 @@ pub fn decode_planes(h: &ChunkHeader, width: usize, mask: Option<&[u8]>, coded: 
     let mut sums = Vec::with_capacity(width);
     for (i, (p, desc, part)) in parts.into_iter().enumerate() {
         if p + i + 1 != width {
-            return Err(format!("plane {p} out of order"));
+            return Err(format!("plane {p} requested without the planes above it"));
         }
         let plane = match part {
             Part::Whole(v) => v,
@@ -744,12 +713,15 @@ pub fn decode_planes(h: &ChunkHeader, width: usize, mask: Option<&[u8]>, coded: 
             Ok(())
         })?;
     }
-    Ok(Residual { planes, bitmap })
+    Ok(Residual { planes, bitmap, decoded })
 }
 
 /// The second half of [`decode_chunk`]: the value from the residual and the base chunk's value.
 pub fn assemble_chunk(h: &ChunkHeader, r: &Residual, base: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), String> {
     let (n, width) = (h.elems as usize, r.planes.len());
+    if r.decoded != width {
+        return Err("a full decode needs every plane".into());
+    }
     let base = match h.transform {
         Transform::None => None,
         _ => match base {
@@ -763,11 +735,17 @@ pub fn assemble_chunk(h: &ChunkHeader, r: &Residual, base: Option<&[u8]>, out: &
     let dst = &mut out[start..];
     let rotate = h.flags & FLAG_ROTATE != 0 && width >= 2;
     let (planes, bitmap) = (&r.planes, r.bitmap.as_deref());
+    let t = h.transform;
     match width {
-        2 => assemble::<2>(planes, bitmap, base, dst, h.transform, rotate),
-        4 => assemble::<4>(planes, bitmap, base, dst, h.transform, rotate),
-        8 => assemble::<8>(planes, bitmap, base, dst, h.transform, rotate),
-        w => assemble_any(planes, bitmap, base, dst, h.transform, rotate, w),
+        1 => assemble::<1>(planes, bitmap, base, dst, t, rotate),
+        2 => assemble::<2>(planes, bitmap, base, dst, t, rotate),
+        3 => assemble::<3>(planes, bitmap, base, dst, t, rotate),
+        4 => assemble::<4>(planes, bitmap, base, dst, t, rotate),
+        5 => assemble::<5>(planes, bitmap, base, dst, t, rotate),
+        6 => assemble::<6>(planes, bitmap, base, dst, t, rotate),
+        7 => assemble::<7>(planes, bitmap, base, dst, t, rotate),
+        8 => assemble::<8>(planes, bitmap, base, dst, t, rotate),
+        w => return Err(format!("unsupported element width {w}")),
     }
     Ok(())
 }
@@ -857,34 +835,9 @@ fn place<const W: usize>(words: impl Iterator<Item = u64>, bitmap: Option<&[u8]>
     }
 }
 
-/// [`assemble`] for element widths without a specialised loop.
-fn assemble_any(planes: &Planes, bitmap: Option<&[u8]>, base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool, w: usize) {
-    let m = planes.first().map_or(0, Vec::len);
-    let read = |bytes: &[u8]| bytes.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64);
-    let word = |j: usize| planes.iter().enumerate().fold(0u64, |acc, (p, plane)| acc | ((plane[j] as u64) << (8 * p)));
-    if let (Some(_), Some(b)) = (bitmap, base) {
-        dst.copy_from_slice(b);
-    }
-    let positions: Vec<usize> = match bitmap {
-        Some(bm) => set_positions(bm, m).into_iter().map(|i| i as usize).collect(),
-        None => (0..m).collect(),
-    };
-    for (j, &i) in positions.iter().enumerate().take(m) {
-        let Some(o) = dst.get_mut(i * w..(i + 1) * w) else { continue };
-        // A masked chunk's `dst` already holds the base.
-        let b = match (bitmap, base) {
-            (_, None) => 0,
-            (None, Some(base)) => base.get(i * w..(i + 1) * w).map_or(0, read),
-            (Some(_), Some(_)) => read(o),
-        };
-        let v = value_word(word(j), b, t, rotate, w);
-        o.copy_from_slice(&v.to_le_bytes()[..w.min(8)]);
-    }
-}
-
-/// Indices of the set bits of a bitmap (LSB first), at most `m` of them.
-fn set_positions(bitmap: &[u8], m: usize) -> Vec<u32> {
-    let mut pos = Vec::with_capacity(m);
+/// Indices of the set bits of a bitmap (LSB first).
+fn set_positions(bitmap: &[u8]) -> Vec<u32> {
+    let mut pos = Vec::with_capacity(bitmap.iter().map(|b| b.count_ones() as usize).sum());
     for (k, &byte) in bitmap.iter().enumerate() {
         let mut bits = byte;
         while bits != 0 {

@@ -59,6 +59,9 @@ fn split_streams(h: &ChunkHeader, streams: &[Vec<u8>], w: usize) -> (Option<Vec<
 
 const LAYOUTS: &[(usize, FloatKind)] = &[
     (1, FloatKind::None),
+    // No dtype has 3 or 6 bytes, but the object format allows any width up to 8.
+    (3, FloatKind::None),
+    (6, FloatKind::None),
     (2, FloatKind::F16),
     (2, FloatKind::BF16),
     (2, FloatKind::None),
