@@ -275,7 +275,7 @@ impl ObjectStore {
     /// the error comes after some bytes were written: callers write to a temporary destination.
     pub fn get_into(&self, id: &str, out: &mut dyn Write) -> Result<u64> {
         match self.get_into_with(id, out, false) {
-            Err(e) if self.info(id).is_ok_and(|i| i.layout.is_some()) => {
+            Err(e @ StoreError::CorruptObject { .. }) if self.info(id).is_ok_and(|i| i.layout.is_some()) => {
                 // The fast pass skips the plane checksums (the id covers the value); decode
                 // again checking every plane and mask, to name the one that is corrupt.
                 match self.get_into_with(id, &mut io::sink(), true) {

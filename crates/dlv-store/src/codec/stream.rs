@@ -78,14 +78,13 @@ pub fn encode(plane: &[u8]) -> (Coder, Vec<u8>) {
 
 /// [`encode`] with the plane's byte histogram already counted.
 pub fn encode_with_hist(plane: &[u8], hist: &[u64; 256]) -> (Coder, Vec<u8>) {
-    let hist = *hist;
     let Some(&first) = plane.first() else { return (Coder::Stored, Vec::new()) };
     if hist[first as usize] == plane.len() as u64 {
         return (Coder::Constant, vec![first]);
     }
     // A plane at (nearly) 8 bits of order-0 entropy per byte, like the low mantissa bytes of a
     // float, cannot be coded smaller by an order-0 coder; zstd would only spend time on it.
-    let bits = entropy::bits_of(&hist);
+    let bits = entropy::bits_of(hist);
     if bits > 7.98 * plane.len() as f64 {
         return (Coder::Stored, plane.to_vec());
     }
@@ -115,9 +114,9 @@ pub fn encode_with_hist(plane: &[u8], hist: &[u64; 256]) -> (Coder, Vec<u8>) {
     // twice as fast, and in the benchmark's bf16 series the planes rANS won by less were 57%
     // of its bytes for 22% of its saving.
     let limit = best_len - best_len / RANS_MIN_GAIN;
-    if rans::lower_bound(&hist, bits) < limit {
-        if let Some(freqs) = rans::normalise(&hist) {
-            if rans::estimate(&hist, &freqs) < limit {
+    if rans::lower_bound(hist, bits) < limit {
+        if let Some(freqs) = rans::normalise(hist) {
+            if rans::estimate(hist, &freqs) < limit {
                 let r = rans::encode_with(plane, &freqs);
                 if r.len() < best_len {
                     best = (Coder::Rans, Some(r));
