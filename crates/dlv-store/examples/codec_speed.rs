@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let base = t.checked_sub(1).map(|p| snaps[p][k].1.as_slice());
                 let layout = dlv_store::TensorLayout::of(*dt);
                 let s = Instant::now();
-                let enc = dlv_store::encode_tensor(bytes, base, layout, dlv_store::DeltaMode::Auto);
+                let enc = dlv_store::encode_tensor(bytes, base, layout, dlv_store::DeltaMode::Auto.into());
                 enc_s += s.elapsed().as_secs_f64();
                 let s = Instant::now();
                 let back = dlv_store::decode_tensor(&enc, base)?;

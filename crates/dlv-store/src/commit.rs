@@ -207,7 +207,7 @@ impl Repository {
             Plan::Forward(b) => b.clone(),
             Plan::Reverse(_) => None,
         };
-        let mut w = self.objects().tensor_writer(TensorLayout::of(info.dtype), info.byte_len(), base.as_deref(), planner.config.delta, false)?;
+        let mut w = self.objects().tensor_writer(TensorLayout::for_shape(info.dtype, &info.shape), info.byte_len(), base.as_deref(), planner.config.encoding(), false)?;
         let n = src.read_tensor(i, &mut ProgressWriter { inner: &mut w, progress })?;
         if n != info.byte_len() {
             return Err(StoreError::format(abs, None, format!("tensor '{}' yielded {n} bytes, expected {}", info.name, info.byte_len())));
@@ -223,7 +223,7 @@ impl Repository {
                 // The new object is durable; re-coding the parent in place (same id, same
                 // content, atomic rename) keeps every version readable even if this commit
                 // never completes (gc keeps bases of referenced objects).
-                let (before, after) = self.objects().recode(parent, TensorLayout::of(info.dtype), info.byte_len(), Some(&put.id), planner.config.delta)?;
+                let (before, after) = self.objects().recode(parent, TensorLayout::for_shape(info.dtype, &info.shape), info.byte_len(), Some(&put.id), planner.config.encoding())?;
                 out.removed = before;
                 out.added += after;
             }

@@ -21,7 +21,7 @@ mod repo;
 mod tensor;
 
 pub use checkout::{CheckoutOutcome, Precision};
-pub use codec::{decode_tensor, encode_tensor, DeltaMode, EncodedTensor, FloatKind, StorageConfig, TensorLayout, CHUNK_ELEMS, DEFAULT_MAX_CHAIN};
+pub use codec::{decode_tensor, encode_tensor, Compression, DeltaMode, EncodedTensor, Encoding, FloatKind, StorageConfig, TensorLayout, CHUNK_ELEMS, DEFAULT_MAX_CHAIN};
 pub use commit::{parse_network, CommitOptions, CommitOutcome, NoProgress, Progress, Role, StagedFile};
 pub use error::{Result, StoreError};
 pub use maint::{FsckReport, GcReport, Problem, RepackReport};

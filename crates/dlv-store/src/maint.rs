@@ -282,7 +282,8 @@ impl Repository {
         for r in records.values() {
             for t in &r.tensors {
                 let Some(dtype) = DType::parse(&t.dtype) else { continue };
-                layout.insert(t.object.clone(), (TensorLayout::of(dtype), t.bytes));
+                let shape: Vec<usize> = t.shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+                layout.insert(t.object.clone(), (TensorLayout::for_shape(dtype, &shape), t.bytes));
             }
         }
 
@@ -372,7 +373,7 @@ impl Repository {
 
     /// Re-encodes object `id` (same content, same id) against `base`.
     fn rewrite(&self, id: &str, layout: TensorLayout, len: u64, base: Option<&str>, cfg: StorageConfig) -> Result<()> {
-        self.objects().recode(id, layout, len, base, cfg.delta).map(|_| ())
+        self.objects().recode(id, layout, len, base, cfg.encoding()).map(|_| ())
     }
 }
 
@@ -530,6 +531,34 @@ mod tests {
         })
     }
 
+    /// A 200 x 200 f32 layer after `steps` noisy steps, each row with its own step size and
+    /// every third row frozen (training-like, unlike [`weights_file`]'s smooth changes).
+    fn walk_file(dir: &Path, steps: u32) -> Result<()> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        };
+        let mut w: Vec<f32> = (0..40_000).map(|_| rnd() * 0.2).collect();
+        for _ in 0..steps {
+            for (i, v) in w.iter_mut().enumerate() {
+                let row = i / 200;
+                let noise = rnd();
+                if row % 3 != 0 {
+                    *v += (noise + 0.2) * 1e-4 * (1 + row % 7) as f32;
+                }
+            }
+        }
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let infos = vec![TensorInfo { name: "fc.weight".into(), dtype: DType::F32, shape: vec![200, 200] }];
+        formats::write_safetensors(&dir.join("w.safetensors"), &infos, None, &mut |_, out| {
+            out.write_all(&bytes).map_err(|e| StoreError::io("w", e))?;
+            Ok(bytes.len() as u64)
+        })
+    }
+
     /// A new repository in a temporary folder (kept while the guard lives) and its path.
     fn scratch_repo() -> Result<(tempfile::TempDir, std::path::PathBuf, Repository)> {
         let tmp = tempfile::tempdir().map_err(|e| StoreError::io("tmp", e))?;
@@ -615,6 +644,45 @@ mod tests {
         for (id, exp) in ids.iter().zip(&expected) {
             assert_eq!(&tensor_bytes(&repo, id)?, exp);
         }
+        Ok(())
+    }
+
+    /// `storage.compression = "max"`: deltas of floats take the magnitude coder where it is
+    /// smaller; the series is smaller than with the default, every version reads back whole and
+    /// at low precision, and fsck, repack and gc keep it so.
+    #[test]
+    fn max_compression_series_reads_back_smaller() -> Result<()> {
+        let mut sizes = Vec::new();
+        for compression in ["fast", "max"] {
+            let (_tmp, dir, repo) = scratch_repo()?;
+            set_config(&dir, &format!("max_chain = 4\ncompression = \"{compression}\""))?;
+            let mut ids = Vec::new();
+            for step in 0..6 {
+                walk_file(&dir, step)?;
+                repo.add(&[dir.join("w.safetensors")])?;
+                let opts = CommitOptions { name: "m".into(), message: format!("step {step}"), author: "t".into(), ..Default::default() };
+                ids.push(repo.commit(&opts, &NoProgress)?.id);
+            }
+            let total = |repo: &Repository| -> Result<u64> { repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum() };
+            sizes.push(total(&repo)?);
+            let expected: Vec<Vec<Vec<u8>>> = ids.iter().map(|id| tensor_bytes(&repo, id)).collect::<Result<_>>()?;
+            for (id, exp) in ids.iter().zip(&expected) {
+                for (t, bytes) in repo.get(id)?.tensors.iter().zip(exp) {
+                    let mut top = Vec::new();
+                    repo.objects().get_top_into(&t.object, 4, 2, &mut top)?;
+                    let truncated: Vec<u8> = bytes.chunks_exact(4).flat_map(|e| [e[2], e[3]]).collect();
+                    assert_eq!(top, truncated, "{compression}: top planes of {}", t.name);
+                }
+            }
+            assert!(repo.fsck()?.is_ok());
+            repo.repack(&NoProgress)?;
+            repo.gc(false)?;
+            assert!(repo.fsck()?.is_ok());
+            for (id, exp) in ids.iter().zip(&expected) {
+                assert_eq!(&tensor_bytes(&repo, id)?, exp, "{compression}");
+            }
+        }
+        assert!(sizes[1] < sizes[0], "max {} against fast {}", sizes[1], sizes[0]);
         Ok(())
     }
 
@@ -733,11 +801,11 @@ mod tests {
         let only_base = {
             let data: Vec<u8> = (0..40_000u32).flat_map(|i| (i as f32 * 1e-3).to_le_bytes()).collect();
             let layout = TensorLayout::of(DType::F32);
-            let mut w = repo.objects().tensor_writer(layout, data.len() as u64, None, crate::DeltaMode::Auto, false)?;
+            let mut w = repo.objects().tensor_writer(layout, data.len() as u64, None, crate::DeltaMode::Auto.into(), false)?;
             w.write_all(&data).map_err(|e| StoreError::io("w", e))?;
             let p = w.finish()?;
             let next: Vec<u8> = (0..40_000u32).flat_map(|i| (i as f32 * 1e-3 + 1e-7).to_le_bytes()).collect();
-            let mut w = repo.objects().tensor_writer(layout, next.len() as u64, Some(&p.id), crate::DeltaMode::Auto, false)?;
+            let mut w = repo.objects().tensor_writer(layout, next.len() as u64, Some(&p.id), crate::DeltaMode::Auto.into(), false)?;
             w.write_all(&next).map_err(|e| StoreError::io("w", e))?;
             let d = w.finish()?;
             assert_eq!(repo.objects().base_of(&d.id)?.as_deref(), Some(p.id.as_str()));

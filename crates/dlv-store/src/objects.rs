@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 
 use crate::codec::planes::{self, Planes};
-use crate::codec::{self, ChunkHeader, DeltaMode, FloatKind, TensorLayout, Transform, CHUNK_ELEMS, MAX_CHUNK_ELEMS};
+use crate::codec::{self, ChunkHeader, DeltaMode, Encoding, FloatKind, TensorLayout, Transform, CHUNK_ELEMS, MAX_CHUNK_ELEMS};
 use crate::{Result, StoreError};
 
 const MAGIC: &[u8; 4] = b"DLVO";
@@ -199,14 +199,14 @@ impl ObjectStore {
         layout: TensorLayout,
         len: u64,
         base: Option<&str>,
-        mode: DeltaMode,
+        mode: Encoding,
         replace: bool,
     ) -> Result<TensorWriter> {
         if layout.width == 0 || layout.width > 8 {
             return Err(StoreError::Invalid(format!("unsupported element width {}", layout.width)));
         }
         let base = match base {
-            Some(b) if mode != DeltaMode::Off => match ChunkReader::open(self, b, 1) {
+            Some(b) if mode.delta != DeltaMode::Off => match ChunkReader::open(self, b, 1) {
                 Ok(r) if r.layout.width == layout.width && r.info.len == len && r.info.chunk_elems == CHUNK_ELEMS => {
                     Some(r)
                 }
@@ -239,7 +239,7 @@ impl ObjectStore {
     /// Re-encodes tensor object `id` in place (same id, same content) against `base` (or whole),
     /// through a temporary file renamed over the old one. Returns the stored sizes before and
     /// after.
-    pub fn recode(&self, id: &str, layout: TensorLayout, len: u64, base: Option<&str>, mode: DeltaMode) -> Result<(u64, u64)> {
+    pub fn recode(&self, id: &str, layout: TensorLayout, len: u64, base: Option<&str>, mode: Encoding) -> Result<(u64, u64)> {
         let before = self.stored_size(id)?;
         let mut w = self.tensor_writer(layout, len, base, mode, true)?;
         self.get_into(id, &mut w)?;
@@ -525,7 +525,7 @@ fn read_info(id: &str, r: &mut dyn Read) -> Result<ObjectInfo> {
         if !(1..=8).contains(&width) || !len.is_multiple_of(width as u64) {
             return Err(corrupt(id, format!("bad element width {width} for {len} bytes")));
         }
-        info.layout = Some(TensorLayout { width, float });
+        info.layout = Some(TensorLayout { width, float, row: 0 });
         info.chunk_elems = u64_le(&t[8..16]);
         if info.chunk_elems == 0 || info.chunk_elems > MAX_CHUNK_ELEMS {
             return Err(corrupt(id, format!("bad chunk size {}", info.chunk_elems)));
@@ -650,7 +650,7 @@ pub struct TensorWriter {
     hasher: blake3::Hasher,
     len: u64,
     layout: TensorLayout,
-    mode: DeltaMode,
+    mode: Encoding,
     buf: Vec<u8>,
     base: Option<ChunkReader>,
     used_base: bool,
@@ -828,7 +828,8 @@ impl ChunkReader {
         if h.transform != Transform::None && self.info.base.is_none() {
             return Err(self.corrupt("is a delta in an object without a base"));
         }
-        let limit = 2 * h.elems + 4096;
+        // A plane's stream codes `elems` bytes, the magnitude stream all of them.
+        let limit = (width as u64 + 1) * h.elems + 4096;
         if let Some(s) = h.mask.iter().chain(&h.streams).find(|s| s.len > limit) {
             return Err(self.corrupt(format!("stream of {} bytes is longer than possible", s.len)));
         }
@@ -876,7 +877,7 @@ impl ChunkReader {
         let h = self.read_header()?;
         let need = codec::planes_needed(&h, width, keep);
         let (mask, wanted) = self.read_streams(&h, need)?;
-        let base_keep = if h.transform == Transform::Sub { width } else { need };
+        let base_keep = if matches!(h.transform, Transform::Sub | Transform::Magnitude) { width } else { need };
         let id = self.id.clone();
         let index = self.index;
         let hh = h.clone();
@@ -1074,7 +1075,7 @@ mod tests {
     }
 
     fn put_tensor(store: &ObjectStore, data: &[u8], layout: TensorLayout, base: Option<&str>) -> Result<PutOutcome> {
-        let mut w = store.tensor_writer(layout, data.len() as u64, base, DeltaMode::Auto, false)?;
+        let mut w = store.tensor_writer(layout, data.len() as u64, base, DeltaMode::Auto.into(), false)?;
         // Odd write sizes exercise the chunk buffering.
         for part in data.chunks(777_777) {
             w.write_all(part).map_err(|e| StoreError::io("w", e))?;
@@ -1082,7 +1083,7 @@ mod tests {
         w.finish()
     }
 
-    const F32: TensorLayout = TensorLayout { width: 4, float: FloatKind::F32 };
+    const F32: TensorLayout = TensorLayout { width: 4, float: FloatKind::F32, row: 0 };
 
     #[test]
     fn tensor_objects_round_trip_across_chunks_and_dedup() -> Result<()> {
@@ -1098,10 +1099,10 @@ mod tests {
         assert!(put_tensor(&store, &data, F32, None)?.existed);
         // Byte-wide and 8-byte tensors, and an empty one.
         let bytes: Vec<u8> = (0..3000u32).map(|i| (i % 7) as u8).collect();
-        let b = put_tensor(&store, &bytes, TensorLayout { width: 1, float: FloatKind::None }, None)?;
+        let b = put_tensor(&store, &bytes, TensorLayout { width: 1, float: FloatKind::None, row: 0 }, None)?;
         assert_eq!(store.get_bytes(&b.id)?, bytes);
         let longs: Vec<u8> = (0..999u64).flat_map(|i| (i * i).to_le_bytes()).collect();
-        let c = put_tensor(&store, &longs, TensorLayout { width: 8, float: FloatKind::None }, None)?;
+        let c = put_tensor(&store, &longs, TensorLayout { width: 8, float: FloatKind::None, row: 0 }, None)?;
         assert_eq!(store.get_bytes(&c.id)?, longs);
         let e = put_tensor(&store, &[], F32, None)?;
         assert_eq!(store.get_bytes(&e.id)?, Vec::<u8>::new());
@@ -1145,7 +1146,7 @@ mod tests {
         let mut last = None;
         for step in 0..3 {
             let data = f32_bytes(&weights(200_000, 7 + step * 50));
-            let mut w = store.tensor_writer(F32, data.len() as u64, prev.as_deref(), DeltaMode::Xor, false)?;
+            let mut w = store.tensor_writer(F32, data.len() as u64, prev.as_deref(), DeltaMode::Xor.into(), false)?;
             w.write_all(&data).map_err(|e| StoreError::io("w", e))?;
             let put = w.finish()?;
             prev = Some(put.id.clone());
@@ -1176,7 +1177,7 @@ mod tests {
         let pa = put_tensor(&store, &a, F32, None)?;
         let pb = put_tensor(&store, &b, F32, Some(&pa.id))?;
         assert_eq!(store.get_bytes(&pb.id)?, b);
-        for (layout, w) in [(TensorLayout { width: 2, float: FloatKind::BF16 }, 2), (TensorLayout { width: 2, float: FloatKind::F16 }, 2)] {
+        for (layout, w) in [(TensorLayout { width: 2, float: FloatKind::BF16, row: 0 }, 2), (TensorLayout { width: 2, float: FloatKind::F16, row: 0 }, 2)] {
             let p = put_tensor(&store, &a, layout, Some(&pb.id))?; // incompatible base: ignored
             assert_eq!(store.base_of(&p.id)?, None);
             assert_eq!(store.get_bytes(&p.id)?, a);

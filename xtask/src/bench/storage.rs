@@ -103,12 +103,16 @@ pub fn run() -> Result<()> {
     let ft16: Vec<Vec<Tensor>> = finetunes.iter().map(|s| to_tensors(s, true)).collect();
 
     let mut rows = Vec::new();
+    // The same data with `storage.compression = "max"` (the magnitude coder where smaller).
+    let mut max_rows = Vec::new();
+    const MAX: &str = "compression = \"max\"";
     for (label, snaps) in [("fp32 series", &fp32), ("bf16 series", &bf16)] {
         let dir = work.join(label.replace(' ', "-"));
         let r = store_series(&dlv, &dir, snaps, None, true)?;
         let recipe = reference_recipe(snaps, None);
         let entropy = entropy_bound(snaps, None);
         rows.push((label.to_string(), r, recipe, entropy));
+        max_rows.push(store_series_with(&dlv, &work.join(format!("{}-max", label.replace(' ', "-"))), snaps, None, true, MAX)?);
     }
     for (label, variants, base) in [("fp32 fine-tunes", &ft32, &fp32[SNAPSHOTS - 1]), ("bf16 fine-tunes", &ft16, &bf16[SNAPSHOTS - 1])] {
         let dir = work.join(label.replace(' ', "-"));
@@ -116,6 +120,7 @@ pub fn run() -> Result<()> {
         let recipe = reference_recipe(variants, Some(base));
         let entropy = entropy_bound(variants, Some(base));
         rows.push((label.to_string(), r, recipe, entropy));
+        max_rows.push(store_series_with(&dlv, &work.join(format!("{}-max", label.replace(' ', "-"))), variants, Some(base), false, MAX)?);
     }
     // The cost of bounded chains: the fp32 series again with unbounded chains. And XOR-only
     // deltas, whose bf16 reads touch only the high planes along the whole chain.
@@ -170,12 +175,26 @@ pub fn run() -> Result<()> {
         println!("{:<16} {label}: frozen layer stored once: {}", "", r.frozen_free);
     }
 
+    println!("\nwith storage.compression = \"max\" (the magnitude coder, kept per chunk where smaller)");
+    println!("{:<16} {:>7} {:>9} {:>12} {:>9}", "", "dlv", "+repack", "vs default", "dlv/ref");
+    for ((label, r, recipe, _), m) in rows.iter().zip(&max_rows) {
+        let raw = r.raw as f64;
+        println!(
+            "{label:<16} {:>6.2}x {:>8.2}x {:>11.3}x {:>8.3}x",
+            raw / m.stored as f64,
+            raw / m.repacked as f64,
+            r.stored as f64 / m.stored as f64,
+            *recipe as f64 / m.stored as f64
+        );
+    }
+
     println!("\nthroughput through the dlv binary (MB/s of raw tensor files; one process per snapshot, like cp)");
-    println!("{:<16} {:>12} {:>12} {:>10} {:>12} {:>10}", "", "cp", "dlv commit", "vs cp", "dlv checkout", "vs cp");
-    for (label, r, _, _) in &rows {
+    println!("{:<21} {:>7} {:>12} {:>10} {:>12} {:>10}", "", "cp", "dlv commit", "vs cp", "dlv checkout", "vs cp");
+    let max_labels: Vec<String> = rows.iter().map(|row| format!("{}, max", row.0)).collect();
+    for (label, r) in rows.iter().map(|row| (&row.0, &row.1)).chain(max_labels.iter().zip(&max_rows)).filter(|(_, r)| r.checkout_secs > 0.0) {
         let mb = r.raw as f64 / 1e6;
         println!(
-            "{label:<16} {:>12.1} {:>12.1} {:>9.2}x {:>12.1} {:>9.2}x",
+            "{label:<21} {:>7.1} {:>12.1} {:>9.2}x {:>12.1} {:>9.2}x",
             mb / r.cp_secs,
             mb / r.commit_secs,
             r.cp_secs / r.commit_secs,
@@ -188,17 +207,23 @@ pub fn run() -> Result<()> {
     let rounds: usize = std::env::var("DLV_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
     println!("\ncodec throughput in memory (MB/s of raw tensor bytes; BLAKE3 of the value included, no disk; best of {rounds} runs)");
     println!("{:<16} {:>14} {:>14} {:>14} {:>14}", "", "encode 1 core", "decode 1 core", "encode 2 cores", "decode 2 cores");
-    let best = |snaps: &[Vec<Tensor>], threads: usize| -> Result<(f64, f64)> {
+    let best = |snaps: &[Vec<Tensor>], threads: usize, enc: dlv_store::Encoding| -> Result<(f64, f64)> {
         let mut b = (0f64, 0f64);
         for _ in 0..rounds {
-            let r = codec_speed(snaps, threads)?;
+            let r = codec_speed(snaps, threads, enc)?;
             b = (b.0.max(r.0), b.1.max(r.1));
         }
         Ok(b)
     };
-    for (label, snaps) in [("fp32 series", &fp32), ("bf16 series", &bf16)] {
-        let one = best(snaps, 1)?;
-        let all = best(snaps, 0)?;
+    let max = dlv_store::Encoding { compression: dlv_store::Compression::Max, ..Default::default() };
+    for (label, snaps, enc) in [
+        ("fp32 series", &fp32, dlv_store::Encoding::default()),
+        ("bf16 series", &bf16, dlv_store::Encoding::default()),
+        ("fp32 series, max", &fp32, max),
+        ("bf16 series, max", &bf16, max),
+    ] {
+        let one = best(snaps, 1, enc)?;
+        let all = best(snaps, 0, enc)?;
         println!("{label:<16} {:>14.1} {:>14.1} {:>14.1} {:>14.1}", one.0, one.1, all.0, all.1);
     }
     println!("{:<16} (each snapshot coded against the one before, as a commit does; targets: 300 encode, 1000 decode per core)", "");
@@ -219,7 +244,7 @@ pub fn run() -> Result<()> {
 
     println!("\nentropy coder study (fp32 series, byte planes of the integer delta, first 5 deltas; MB):");
     coder_study(&fp32);
-    for (label, r, _, _) in &rows {
+    for (label, r) in rows.iter().map(|row| (&row.0, &row.1)).chain(max_labels.iter().zip(&max_rows)) {
         if !r.identical {
             bail!("{label}: a checkout differs from the committed file");
         }
@@ -523,16 +548,17 @@ fn entropy_bound(snaps: &[Vec<Tensor>], base: Option<&Vec<Tensor>>) -> f64 {
 /// bound (entropy rounded up to at least 1 bit per byte), and zstd at levels 1, 3 and 19.
 /// Encode and decode speed (MB/s of raw bytes) of the series, each snapshot against the one
 /// before, on `threads` rayon threads (0 = all cores).
-fn codec_speed(snaps: &[Vec<Tensor>], threads: usize) -> Result<(f64, f64)> {
+fn codec_speed(snaps: &[Vec<Tensor>], threads: usize, encoding: dlv_store::Encoding) -> Result<(f64, f64)> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     pool.install(|| {
         let (mut enc_s, mut dec_s, mut bytes) = (0.0, 0.0, 0u64);
         for t in 0..snaps.len() {
             for (k, tensor) in snaps[t].iter().enumerate() {
-                let layout = dlv_store::TensorLayout::of(if tensor.width == 2 { dlv_store::DType::BF16 } else { dlv_store::DType::F32 });
+                let dtype = if tensor.width == 2 { dlv_store::DType::BF16 } else { dlv_store::DType::F32 };
+                let layout = dlv_store::TensorLayout::for_shape(dtype, &tensor.shape);
                 let base = t.checked_sub(1).map(|p| snaps[p][k].bytes.as_slice());
                 let start = Instant::now();
-                let enc = dlv_store::encode_tensor(&tensor.bytes, base, layout, dlv_store::DeltaMode::Auto);
+                let enc = dlv_store::encode_tensor(&tensor.bytes, base, layout, encoding);
                 enc_s += start.elapsed().as_secs_f64();
                 let start = Instant::now();
                 let back = dlv_store::decode_tensor(&enc, base).map_err(anyhow::Error::msg)?;

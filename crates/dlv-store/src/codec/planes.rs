@@ -7,7 +7,6 @@
 pub type Planes = Vec<Vec<u8>>;
 
 /// Splits little-endian words of `width` bytes into planes.
-#[cfg(test)]
 pub fn split(data: &[u8], width: usize) -> Planes {
     match width {
         2 => split_n::<2>(data),
@@ -22,7 +21,6 @@ pub fn split(data: &[u8], width: usize) -> Planes {
 
 /// One pass over the words for a fixed width, every plane written sequentially (zipped
 /// iterators, so no bounds checks and the loop vectorises).
-#[cfg(test)]
 fn split_n<const W: usize>(data: &[u8]) -> Planes {
     let n = data.len() / W;
     let mut planes: Vec<Vec<u8>> = vec![vec![0u8; n]; W];

@@ -24,30 +24,35 @@ const LIST_MAX: usize = 32;
 /// Frequencies (summing to [`TOTAL`], zero for absent symbols) of a byte histogram, chosen
 /// greedily to minimise the coded size. `None` when the histogram is empty.
 pub fn normalise(hist: &[u64; 256]) -> Option<[u32; 256]> {
+    let f = normalise_to(hist, TOTAL)?;
+    let mut out = [0u32; 256];
+    out.copy_from_slice(&f);
+    Some(out)
+}
+
+/// [`normalise`] for any alphabet and any total (a power of two at least the alphabet's size).
+pub fn normalise_to(hist: &[u64], total: u32) -> Option<Vec<u32>> {
     let n: u64 = hist.iter().sum();
     if n == 0 {
         return None;
     }
-    let mut f = [0u32; 256];
+    let mut f = vec![0u32; hist.len()];
     let mut sum = 0i64;
     for (fi, &c) in f.iter_mut().zip(hist) {
         if c > 0 {
-            *fi = ((c as u128 * TOTAL as u128 + n as u128 / 2) / n as u128).max(1) as u32;
+            *fi = ((c as u128 * total as u128 + n as u128 / 2) / n as u128).max(1) as u32;
             sum += *fi as i64;
         }
     }
     // Rounding leaves the sum off by at most about one per symbol; move one unit at a time
-    // where it costs least (the cost of symbol s is hist[s] * log2(TOTAL / f[s]) bits).
-    let mut diff = TOTAL as i64 - sum;
+    // where it costs least (the cost of symbol s is hist[s] * log2(total / f[s]) bits).
+    let mut diff = total as i64 - sum;
+    let syms = 0..hist.len();
     while diff != 0 {
         let best = if diff > 0 {
-            (0..256).filter(|&s| f[s] > 0).max_by(|&a, &b| {
-                gain(hist[a], f[a]).total_cmp(&gain(hist[b], f[b]))
-            })
+            syms.clone().filter(|&s| f[s] > 0).max_by(|&a, &b| gain(hist[a], f[a]).total_cmp(&gain(hist[b], f[b])))
         } else {
-            (0..256).filter(|&s| f[s] > 1).min_by(|&a, &b| {
-                gain(hist[a], f[a] - 1).total_cmp(&gain(hist[b], f[b] - 1))
-            })
+            syms.clone().filter(|&s| f[s] > 1).min_by(|&a, &b| gain(hist[a], f[a] - 1).total_cmp(&gain(hist[b], f[b] - 1)))
         }?;
         if diff > 0 {
             f[best] += 1;

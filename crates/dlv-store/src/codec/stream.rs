@@ -26,6 +26,9 @@ pub enum Coder {
     Split = 4,
     /// Static order-0 rANS with the plane's own frequency table (see [`super::rans`]).
     Rans = 5,
+    /// The one stream of a [`super::Transform::Magnitude`] chunk (see [`super::magnitude`]):
+    /// not a plane, decoded only together with the base. Its checksum covers the stream.
+    Magnitude = 6,
 }
 
 impl Coder {
@@ -37,6 +40,7 @@ impl Coder {
             3 => Coder::Sparse,
             4 => Coder::Split,
             5 => Coder::Rans,
+            6 => Coder::Magnitude,
             _ => return None,
         })
     }
@@ -178,7 +182,7 @@ pub fn decode_split_parts(data: &[u8], n: usize) -> Result<(Vec<u8>, Vec<u8>), S
         return Err("split plane shorter than its header".into());
     }
     let coder = |b: u8| match Coder::from_byte(b) {
-        Some(Coder::Split) | None => Err(format!("split plane names an invalid part coder {b}")),
+        Some(Coder::Split | Coder::Magnitude) | None => Err(format!("split plane names an invalid part coder {b}")),
         Some(c) => Ok(c),
     };
     let (ca, cb) = (coder(data[0])?, coder(data[1])?);
@@ -226,6 +230,7 @@ pub fn merge_split(a: &[u8], b: &[u8], lead: &[bool]) -> Result<Vec<u8>, String>
 pub fn decode(coder: Coder, data: &[u8], n: usize) -> Result<Vec<u8>, String> {
     match coder {
         Coder::Split => Err("split plane outside its context".into()),
+        Coder::Magnitude => Err("magnitude stream outside its chunk".into()),
         Coder::Stored => {
             if data.len() != n {
                 return Err(format!("stored plane has {} bytes, expected {n}", data.len()));

@@ -5,10 +5,10 @@ use proptest::prelude::*;
 use super::planes::{join_top, split};
 use super::*;
 
-fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode) -> Result<EncodedChunk, String> {
+fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: impl Into<Encoding>) -> Result<EncodedChunk, String> {
     let w = layout.width;
     let bp = base.map(|b| split(b, w));
-    let enc = encode_chunk(value, base, layout, mode);
+    let enc = encode_chunk(value, base, layout, mode.into());
     let header = ChunkHeader::parse(&enc.header.to_bytes(), w)?;
     assert_eq!(header, enc.header);
     // Full decode.
@@ -32,7 +32,7 @@ fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: Delt
         let part = decode_residual(&header, w, mask.as_deref(), wanted)?;
         assert!(part.iter().take(w - need).all(Vec::is_empty));
         let bpart = bp.as_ref().map(|b| {
-            let base_need = if header.transform == Transform::Sub { w } else { need };
+            let base_need = if matches!(header.transform, Transform::Sub | Transform::Magnitude) { w } else { need };
             let mut b = b.clone();
             for p in b.iter_mut().take(w - base_need) {
                 p.clear();
@@ -98,7 +98,7 @@ fn special_float_patterns_round_trip() -> Result<(), String> {
     for mode in [DeltaMode::Auto, DeltaMode::Xor, DeltaMode::Int] {
         for &(w, f) in LAYOUTS {
             let n = v.len() / w * w;
-            let layout = TensorLayout { width: w, float: f };
+            let layout = TensorLayout { width: w, float: f, row: 0 };
             roundtrip(&v[..n], None, layout, mode)?;
             roundtrip(&v[..n], Some(&b[..n]), layout, mode)?;
         }
@@ -122,7 +122,7 @@ fn snapshot_deltas_shrink_and_pick_a_delta() -> Result<(), String> {
         base.iter().flat_map(|v| v.to_le_bytes()).collect(),
         next.iter().flat_map(|v| v.to_le_bytes()).collect(),
     );
-    let layout = TensorLayout { width: 4, float: FloatKind::F32 };
+    let layout = TensorLayout { width: 4, float: FloatKind::F32, row: 0 };
     let whole = roundtrip(&nb, None, layout, DeltaMode::Auto)?;
     let delta = roundtrip(&nb, Some(&bb), layout, DeltaMode::Auto)?;
     assert_ne!(delta.header.transform, Transform::None);
@@ -142,7 +142,7 @@ fn sparse_deltas_use_sparse_or_small_streams() -> Result<(), String> {
         next[i * 4] ^= 0x5a;
         next[i * 4 + 2] ^= 0x01;
     }
-    let enc = roundtrip(&next, Some(&base), TensorLayout { width: 4, float: FloatKind::F32 }, DeltaMode::Xor)?;
+    let enc = roundtrip(&next, Some(&base), TensorLayout { width: 4, float: FloatKind::F32, row: 0 }, DeltaMode::Xor)?;
     assert!(enc.stored_len() < 40_000 / 4, "{}", enc.stored_len());
     assert!(enc.header.streams.iter().any(|s| s.coder == stream::Coder::Sparse || s.coder == stream::Coder::Constant));
     Ok(())
@@ -174,7 +174,7 @@ fn masked_and_split_chunks_round_trip_and_shrink() -> Result<(), String> {
         .collect();
     let bytes = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
     let (bb, nb) = (bytes(&base), bytes(&next));
-    let layout = TensorLayout { width: 4, float: FloatKind::F32 };
+    let layout = TensorLayout { width: 4, float: FloatKind::F32, row: 0 };
     for mode in [DeltaMode::Auto, DeltaMode::Xor, DeltaMode::Int] {
         let enc = roundtrip(&nb, Some(&bb), layout, mode)?;
         assert!(enc.header.flags & FLAG_MASK != 0, "{mode:?}: two thirds zero, so masked");
@@ -195,7 +195,7 @@ fn corrupt_streams_of_masked_chunks_are_named() -> Result<(), String> {
         next[i * 4] ^= (i % 200) as u8 | 1;
         next[i * 4 + 1] ^= (i % 7) as u8;
     }
-    let layout = TensorLayout { width: 4, float: FloatKind::F32 };
+    let layout = TensorLayout { width: 4, float: FloatKind::F32, row: 0 };
     let enc = roundtrip(&next, Some(&base), layout, DeltaMode::Int)?;
     assert!(enc.header.mask.is_some());
     for s in 0..enc.streams.len() {
@@ -218,8 +218,8 @@ fn corrupt_streams_of_masked_chunks_are_named() -> Result<(), String> {
 
 #[test]
 fn corrupt_headers_are_refused() {
-    let layout = TensorLayout { width: 4, float: FloatKind::F32 };
-    let enc = encode_chunk(&special_f32(), None, layout, DeltaMode::Auto);
+    let layout = TensorLayout { width: 4, float: FloatKind::F32, row: 0 };
+    let enc = encode_chunk(&special_f32(), None, layout, DeltaMode::Auto.into());
     let bytes = enc.header.to_bytes();
     for i in 0..bytes.len() {
         let mut b = bytes.clone();
@@ -250,7 +250,7 @@ proptest! {
             (0..n).map(|i| noise.get(i).copied().unwrap_or(i as u8)).collect()
         };
         let mode = [DeltaMode::Auto, DeltaMode::Xor, DeltaMode::Int][mode_i];
-        let layout = TensorLayout { width: w, float: f };
+        let layout = TensorLayout { width: w, float: f, row: 0 };
         prop_assert!(roundtrip(v, None, layout, mode).is_ok());
         prop_assert!(roundtrip(v, Some(&base), layout, mode).is_ok());
     }
@@ -259,7 +259,7 @@ proptest! {
     fn floats_round_trip(values in proptest::collection::vec(any::<u32>(), 1..300), drift in any::<u32>()) {
         let v: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
         let b: Vec<u8> = values.iter().map(|x| x.wrapping_add(drift % 1000)).flat_map(|x| x.to_le_bytes()).collect();
-        let layout = TensorLayout { width: 4, float: FloatKind::F32 };
+        let layout = TensorLayout { width: 4, float: FloatKind::F32, row: 0 };
         prop_assert!(roundtrip(&v, Some(&b), layout, DeltaMode::Auto).is_ok());
         prop_assert!(roundtrip(&v, Some(&b), layout, DeltaMode::Int).is_ok());
     }
@@ -271,7 +271,7 @@ proptest! {
 fn full_decode_names_a_corrupt_plane() {
     let layout = TensorLayout::of(crate::DType::F32);
     let value: Vec<u8> = (0..50_000u32).flat_map(|i| (i as f32 * 0.37).sin().to_le_bytes()).collect();
-    let mut t = encode_tensor(&value, None, layout, DeltaMode::Auto);
+    let mut t = encode_tensor(&value, None, layout, DeltaMode::Auto.into());
     assert_eq!(decode_tensor(&t, None).as_deref(), Ok(value.as_slice()));
     // The lowest plane holds near-random mantissa bits: stored, so a flip decodes silently.
     assert_eq!(t.chunks[0].header.streams[3].coder, Coder::Stored);
@@ -303,12 +303,128 @@ fn unaligned_input_codes_the_same() -> Result<(), String> {
         };
         let (sv, sb) = (shifted(&value), shifted(&base));
         for b in [None, Some(base.as_slice())] {
-            let aligned = encode_chunk(&value, b, layout, DeltaMode::Auto);
-            let odd = encode_chunk(&sv[1..], b.map(|_| &sb[1..]), layout, DeltaMode::Auto);
+            let aligned = encode_chunk(&value, b, layout, DeltaMode::Auto.into());
+            let odd = encode_chunk(&sv[1..], b.map(|_| &sb[1..]), layout, DeltaMode::Auto.into());
             assert_eq!(aligned.header, odd.header, "{dtype:?}");
             assert_eq!(aligned.streams, odd.streams, "{dtype:?}");
             roundtrip(&sv[1..], b.map(|_| &sb[1..]), layout, DeltaMode::Auto)?;
         }
     }
+    Ok(())
+}
+
+const MAX: Encoding = Encoding { delta: DeltaMode::Auto, compression: Compression::Max };
+
+/// A training-like step on a `rows` x `cols` layer of `kind`: weights of mixed sizes, each row
+/// moving with its own scale and mostly one way, every fourth row not at all; with `rank`, the
+/// change is instead a sum of `rank` outer products.
+fn layer_step(kind: FloatKind, rows: usize, cols: usize, rank: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let w: Vec<f64> = (0..rows * cols).map(|_| (rnd() - 0.5) * 0.2).collect();
+    let us: Vec<f64> = (0..rows * rank).map(|_| rnd() - 0.5).collect();
+    let vs: Vec<f64> = (0..rank * cols).map(|_| rnd() - 0.5).collect();
+    let scale: Vec<f64> = (0..rows).map(|r| if r % 4 == 3 { 0.0 } else { 1e-4 * (1.0 + 9.0 * rnd()) }).collect();
+    let put = |v: f64, out: &mut Vec<u8>| match kind {
+        FloatKind::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+        FloatKind::BF16 => out.extend_from_slice(&(((v as f32).to_bits() + 0x8000) >> 16).to_le_bytes()[..2]),
+        _ => out.extend_from_slice(&half_bits(v as f32).to_le_bytes()),
+    };
+    let (mut base, mut next) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        for c in 0..cols {
+            let d = if rank > 0 {
+                (0..rank).map(|k| us[r * rank + k] * vs[k * cols + c]).sum::<f64>() * 2e-2
+            } else {
+                scale[r] * (rnd() - 0.2) * 20.0
+            };
+            put(w[r * cols + c], &mut base);
+            put(w[r * cols + c] + d, &mut next);
+        }
+    }
+    (base, next)
+}
+
+/// f16 bits of a small normal f32 (truncating; enough for test data).
+fn half_bits(f: f32) -> u16 {
+    let b = f.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let e = ((b >> 23) & 0xff) as i32 - 127 + 15;
+    if e <= 0 {
+        return sign;
+    }
+    sign | ((e as u16) << 10) | ((b >> 13) & 0x3ff) as u16
+}
+
+#[test]
+fn max_compression_codes_float_deltas_smaller_with_the_magnitude_coder() -> Result<(), String> {
+    for (kind, w) in [(FloatKind::BF16, 2), (FloatKind::F16, 2), (FloatKind::F32, 4)] {
+        let (base, next) = layer_step(kind, 64, 256, 0);
+        let layout = TensorLayout { width: w, float: kind, row: 256 };
+        let fast = roundtrip(&next, Some(&base), layout, DeltaMode::Auto)?;
+        let max = roundtrip(&next, Some(&base), layout, MAX)?;
+        assert_eq!(max.header.transform, Transform::Magnitude, "{kind:?}");
+        assert!(max.stored_len() < fast.stored_len() * 98 / 100, "{kind:?}: {} against {}", max.stored_len(), fast.stored_len());
+        // Only where the integer difference is allowed, only against a base.
+        let xor = roundtrip(&next, Some(&base), layout, Encoding { delta: DeltaMode::Xor, ..MAX })?;
+        assert_ne!(xor.header.transform, Transform::Magnitude);
+        assert_ne!(roundtrip(&next, None, layout, MAX)?.header.transform, Transform::Magnitude);
+    }
+    // Integers never.
+    let (base, next) = layer_step(FloatKind::F32, 64, 256, 0);
+    let ints = roundtrip(&next, Some(&base), TensorLayout { width: 4, float: FloatKind::None, row: 256 }, MAX)?;
+    assert_ne!(ints.header.transform, Transform::Magnitude);
+    Ok(())
+}
+
+#[test]
+fn low_rank_changes_are_predicted() -> Result<(), String> {
+    for (kind, w) in [(FloatKind::BF16, 2), (FloatKind::F32, 4)] {
+        let (base, next) = layer_step(kind, 512, 48, 3);
+        let plain = roundtrip(&next, Some(&base), TensorLayout { width: w, float: kind, row: 0 }, MAX)?;
+        let rows = roundtrip(&next, Some(&base), TensorLayout { width: w, float: kind, row: 48 }, MAX)?;
+        assert_eq!(rows.header.transform, Transform::Magnitude);
+        // The float kind, then the low-rank format.
+        assert_eq!(rows.streams[0][..2], [kind as u8, 2], "{kind:?}");
+        assert!(rows.stored_len() * 10 < plain.stored_len() * 8, "{kind:?}: {} against {}", rows.stored_len(), plain.stored_len());
+    }
+    Ok(())
+}
+
+#[test]
+fn magnitude_chunks_keep_special_patterns_and_name_corruption() -> Result<(), String> {
+    let v = special_f32();
+    let mut b = v.clone();
+    b.reverse();
+    for (w, f) in [(4, FloatKind::F32), (2, FloatKind::BF16), (2, FloatKind::F16)] {
+        roundtrip(&v, Some(&b), TensorLayout { width: w, float: f, row: 3 }, MAX)?;
+    }
+    let (base, next) = layer_step(FloatKind::BF16, 64, 256, 0);
+    let enc = roundtrip(&next, Some(&base), TensorLayout { width: 2, float: FloatKind::BF16, row: 256 }, MAX)?;
+    assert_eq!(enc.header.transform, Transform::Magnitude);
+    let len = enc.streams[0].len();
+    for at in [0, 1, 5, len / 2, len - 1] {
+        let mut bad = enc.streams[0].clone();
+        bad[at] ^= 0x10;
+        let coded = vec![(1usize, enc.header.streams[0], bad.clone().into())];
+        let mut out = Vec::new();
+        let err = decode_chunk(&enc.header, 2, None, coded.clone(), Some(&base), true, &mut out).err().unwrap_or_default();
+        assert!(err.contains("plane 1: magnitude stream fails its checksum"), "byte {at}: {err}");
+        // Unchecked, it is an error or a different value (which the object id catches).
+        let mut out = Vec::new();
+        if decode_chunk(&enc.header, 2, None, coded, Some(&base), false, &mut out).is_ok() {
+            assert_ne!(out, next, "byte {at}");
+        }
+    }
+    // A magnitude chunk needs its base, of the right length.
+    let coded = vec![(1usize, enc.header.streams[0], enc.streams[0].clone().into())];
+    let mut out = Vec::new();
+    assert!(decode_chunk(&enc.header, 2, None, coded.clone(), None, true, &mut out).is_err());
+    assert!(decode_chunk(&enc.header, 2, None, coded, Some(&base[2..]), true, &mut out).is_err());
     Ok(())
 }

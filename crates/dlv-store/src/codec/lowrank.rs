@@ -1,0 +1,385 @@
+//! Low-rank prediction of a delta, for the magnitude coder.
+//!
+//! A training step changes a dense layer by a sum of outer products (error signals times
+//! inputs), so between two snapshots the change of a layer with a narrow side (a first layer
+//! over a few dozen input features) is close to a matrix of low rank. The encoder finds its
+//! leading singular directions (a symmetric eigendecomposition of the narrow side's Gram
+//! matrix), stores them as 8-bit factors with one scale per component, and the magnitude
+//! coder then codes the value against `base + U V^T` rounded to the element type instead of
+//! against the base: the residual is what the factors missed. The prediction is computed
+//! with the same f32 operations in the same order on both sides, so it is bit-exact; elements
+//! whose base or prediction is not finite are predicted by their base.
+//!
+//! Block: rows (u32 LE), rank (u8), length of a zstd frame (u32 LE), the frame: the rank's
+//! scales (f32 LE), then the row factors (rows x rank i8, row-major), then the column factors
+//! (rank x cols i8, component-major).
+
+use super::FloatKind;
+
+/// The narrow side may have at most this many elements (the eigendecomposition is cubic in it).
+const MAX_SIDE: usize = 128;
+/// Smaller chunks are not worth factoring.
+const MIN_ELEMS: usize = 4096;
+/// Largest rank stored.
+const MAX_RANK: usize = 32;
+/// The rank is the smallest that holds this share of the delta's energy (squared norm); a
+/// delta that needs more is not low rank enough to pay for its factors.
+const ENERGY: f64 = 0.98;
+/// Bytes before the frame.
+pub const HEAD: usize = 9;
+
+/// Factors of a chunk viewed as `rows` x `cols` (row-major).
+pub struct LowRank {
+    pub rows: usize,
+    pub cols: usize,
+    scales: Vec<f32>,
+    u: Vec<i8>,
+    v: Vec<i8>,
+}
+
+fn value_of(kind: FloatKind, w: u64) -> f32 {
+    match kind {
+        FloatKind::BF16 => f32::from_bits((w as u32) << 16),
+        _ => f32::from_bits(w as u32),
+    }
+}
+
+/// The element nearest `f` (round to nearest even for bf16).
+fn bits_of(kind: FloatKind, f: f32) -> u64 {
+    let u = f.to_bits();
+    match kind {
+        FloatKind::BF16 => ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u64,
+        _ => u as u64,
+    }
+}
+
+fn width_of(kind: FloatKind) -> Option<usize> {
+    match kind {
+        FloatKind::BF16 => Some(2),
+        FloatKind::F32 => Some(4),
+        _ => None,
+    }
+}
+
+fn words(bytes: &[u8], width: usize) -> impl Iterator<Item = u64> + '_ {
+    bytes.chunks_exact(width).map(|c| c.iter().rev().fold(0u64, |a, &b| (a << 8) | b as u64))
+}
+
+/// Eigenvalues (descending) and unit eigenvectors (`vecs[j * s + i]` is component i of the
+/// j-th) of the symmetric `s` x `s` matrix `a`, by cyclic Jacobi rotations.
+fn eigen(mut a: Vec<f64>, s: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut v = vec![0.0; s * s];
+    for i in 0..s {
+        v[i * s + i] = 1.0;
+    }
+    let scale: f64 = a.iter().map(|x| x * x).sum();
+    for _ in 0..40 {
+        let off: f64 = (0..s).flat_map(|p| (0..s).filter(move |&q| q != p).map(move |q| (p, q))).map(|(p, q)| a[p * s + q] * a[p * s + q]).sum();
+        if off <= 1e-24 * scale || scale == 0.0 {
+            break;
+        }
+        for p in 0..s {
+            for q in p + 1..s {
+                let apq = a[p * s + q];
+                if apq.abs() <= 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * s + q] - a[p * s + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let sn = t * c;
+                for k in 0..s {
+                    let (akp, akq) = (a[k * s + p], a[k * s + q]);
+                    a[k * s + p] = c * akp - sn * akq;
+                    a[k * s + q] = sn * akp + c * akq;
+                }
+                for k in 0..s {
+                    let (apk, aqk) = (a[p * s + k], a[q * s + k]);
+                    a[p * s + k] = c * apk - sn * aqk;
+                    a[q * s + k] = sn * apk + c * aqk;
+                }
+                for k in 0..s {
+                    let (vkp, vkq) = (v[k * s + p], v[k * s + q]);
+                    v[k * s + p] = c * vkp - sn * vkq;
+                    v[k * s + q] = sn * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..s).collect();
+    order.sort_by(|&x, &y| a[y * s + y].total_cmp(&a[x * s + x]));
+    let vals = order.iter().map(|&j| a[j * s + j]).collect();
+    let mut vecs = vec![0.0; s * s];
+    for (jj, &j) in order.iter().enumerate() {
+        for i in 0..s {
+            vecs[jj * s + i] = v[i * s + j];
+        }
+    }
+    (vals, vecs)
+}
+
+/// Quantises a component to i8 with the scale `max |x| / 127`.
+fn quantise(x: &[f64]) -> (Vec<i8>, f64) {
+    let m = x.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+    if m == 0.0 || !m.is_finite() {
+        return (vec![0; x.len()], 0.0);
+    }
+    let s = m / 127.0;
+    (x.iter().map(|&y| (y / s).round().clamp(-127.0, 127.0) as i8).collect(), s)
+}
+
+impl LowRank {
+    /// Factors of `value - base` (little-endian elements of `kind`) viewed with rows of `row`
+    /// elements, when the chunk is large enough, its narrow side narrow enough and a rank of
+    /// at most [`MAX_RANK`] holds [`ENERGY`] of the change.
+    pub fn fit(value: &[u8], base: &[u8], kind: FloatKind, row: usize) -> Option<LowRank> {
+        let width = width_of(kind)?;
+        let n = value.len() / width;
+        if n < MIN_ELEMS || base.len() != value.len() || row < 2 || !n.is_multiple_of(row) {
+            return None;
+        }
+        let (rows, cols) = (n / row, row);
+        let s = rows.min(cols);
+        if !(2..=MAX_SIDE).contains(&s) {
+            return None;
+        }
+        let d: Vec<f64> = words(value, width)
+            .zip(words(base, width))
+            .map(|(v, b)| {
+                let (v, b) = (value_of(kind, v), value_of(kind, b));
+                if v.is_finite() && b.is_finite() {
+                    v as f64 - b as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        // The Gram matrix of the narrow side.
+        let narrow_cols = cols <= rows;
+        let mut g = vec![0.0f64; s * s];
+        if narrow_cols {
+            for r in d.chunks_exact(cols) {
+                for p in 0..s {
+                    let rp = r[p];
+                    if rp == 0.0 {
+                        continue;
+                    }
+                    for (q, gq) in g[p * s..p * s + s].iter_mut().enumerate() {
+                        *gq += rp * r[q];
+                    }
+                }
+            }
+        } else {
+            for p in 0..s {
+                for q in p..s {
+                    let x: f64 = d[p * cols..p * cols + cols].iter().zip(&d[q * cols..q * cols + cols]).map(|(a, b)| a * b).sum();
+                    g[p * s + q] = x;
+                    g[q * s + p] = x;
+                }
+            }
+        }
+        let (vals, vecs) = eigen(g, s);
+        let total: f64 = vals.iter().map(|&x| x.max(0.0)).sum();
+        if total <= 0.0 || !total.is_finite() {
+            return None;
+        }
+        let mut cum = 0.0;
+        let k = vals.iter().position(|&x| {
+            cum += x.max(0.0);
+            cum >= ENERGY * total
+        })? + 1;
+        if k > MAX_RANK.min(s / 2) {
+            return None;
+        }
+        let (mut u, mut v, mut scales) = (vec![0i8; rows * k], vec![0i8; k * cols], Vec::with_capacity(k));
+        for c in 0..k {
+            let e = &vecs[c * s..c * s + s];
+            // The narrow side's direction is e; the wide side's is the delta applied to it.
+            let (uc, vc): (Vec<f64>, Vec<f64>) = if narrow_cols {
+                (d.chunks_exact(cols).map(|r| r.iter().zip(e).map(|(a, b)| a * b).sum()).collect(), e.to_vec())
+            } else {
+                let mut w = vec![0.0f64; cols];
+                for (r, &ei) in d.chunks_exact(cols).zip(e) {
+                    for (wj, &x) in w.iter_mut().zip(r) {
+                        *wj += ei * x;
+                    }
+                }
+                (e.to_vec(), w)
+            };
+            let (uq, su) = quantise(&uc);
+            let (vq, sv) = quantise(&vc);
+            for (i, &x) in uq.iter().enumerate() {
+                u[i * k + c] = x;
+            }
+            v[c * cols..c * cols + cols].copy_from_slice(&vq);
+            scales.push((su * sv) as f32);
+        }
+        Some(LowRank { rows, cols, scales, u, v })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// The predicted value: `base + U V^T` per element, rounded to the element type (the base
+    /// itself where either is not finite). Bit-exact on every platform: IEEE f32 operations in
+    /// a fixed order, no fused multiply-add.
+    pub fn predict(&self, base: &[u8], kind: FloatKind) -> Vec<u8> {
+        let width = width_of(kind).unwrap_or(4);
+        let (k, cols) = (self.rank(), self.cols);
+        let vf: Vec<f32> = self.v.iter().map(|&x| x as f32).collect();
+        let mut out = Vec::with_capacity(base.len());
+        let mut acc = vec![0.0f32; cols];
+        for (i, brow) in base.chunks(cols * width).enumerate().take(self.rows) {
+            acc.iter_mut().for_each(|a| *a = 0.0);
+            for c in 0..k {
+                let coef = self.scales[c] * self.u[i * k + c] as f32;
+                for (a, &x) in acc.iter_mut().zip(&vf[c * cols..c * cols + cols]) {
+                    *a += coef * x;
+                }
+            }
+            for (b, &p) in words(brow, width).zip(&acc) {
+                let bf = value_of(kind, b);
+                let f = bf + p;
+                let w = if bf.is_finite() && f.is_finite() { bits_of(kind, f) } else { b };
+                out.extend_from_slice(&w.to_le_bytes()[..width]);
+            }
+        }
+        out
+    }
+
+    pub fn to_bytes(&self) -> Option<Vec<u8>> {
+        let mut body = Vec::with_capacity(4 * self.rank() + self.u.len() + self.v.len());
+        for s in &self.scales {
+            body.extend_from_slice(&s.to_le_bytes());
+        }
+        body.extend(self.u.iter().map(|&x| x as u8));
+        body.extend(self.v.iter().map(|&x| x as u8));
+        let z = zstd::bulk::compress(&body, 3).ok()?;
+        let mut out = Vec::with_capacity(HEAD + z.len());
+        out.extend_from_slice(&u32::try_from(self.rows).ok()?.to_le_bytes());
+        out.push(u8::try_from(self.rank()).ok()?);
+        out.extend_from_slice(&u32::try_from(z.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(&z);
+        Some(out)
+    }
+
+    /// Parses a block for a chunk of `n` elements; returns it and the bytes it took.
+    pub fn parse(data: &[u8], n: usize) -> Result<(LowRank, usize), String> {
+        let bad = |m: &str| format!("low-rank block: {m}");
+        let head = data.get(..HEAD).ok_or_else(|| bad("truncated"))?;
+        let rows = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let k = head[4] as usize;
+        let zlen = u32::from_le_bytes([head[5], head[6], head[7], head[8]]) as usize;
+        if rows < 2 || !n.is_multiple_of(rows) || k == 0 || k > MAX_RANK {
+            return Err(bad("shape or rank out of range"));
+        }
+        let cols = n / rows;
+        let z = data.get(HEAD..HEAD + zlen).ok_or_else(|| bad("frame runs past the stream"))?;
+        let want = 4 * k + rows * k + k * cols;
+        let body = zstd::bulk::decompress(z, want).map_err(|e| bad(&e.to_string()))?;
+        if body.len() != want {
+            return Err(bad("frame has the wrong length"));
+        }
+        let scales: Vec<f32> = body[..4 * k].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if scales.iter().any(|s| !s.is_finite()) {
+            return Err(bad("scale is not finite"));
+        }
+        let u = body[4 * k..4 * k + rows * k].iter().map(|&x| x as i8).collect();
+        let v = body[4 * k + rows * k..].iter().map(|&x| x as i8).collect();
+        Ok((LowRank { rows, cols, scales, u, v }, HEAD + zlen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `rows` x `cols` bf16 or f32 base and a value that differs by a rank-`r` matrix plus a
+    /// little noise.
+    fn low_rank_pair(kind: FloatKind, rows: usize, cols: usize, r: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut s = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let a: Vec<f64> = (0..rows * r).map(|_| next()).collect();
+        let b: Vec<f64> = (0..r * cols).map(|_| next()).collect();
+        let width = width_of(kind).unwrap_or(4);
+        let (mut base, mut value) = (Vec::new(), Vec::new());
+        for i in 0..rows {
+            for j in 0..cols {
+                let w = next() * 0.2;
+                let d: f64 = (0..r).map(|c| a[i * r + c] * b[c * cols + j]).sum::<f64>() * 0.05 + next() * 1e-6;
+                for (x, out) in [(w, &mut base), (w + d, &mut value)] {
+                    let bits = bits_of(kind, x as f32);
+                    out.extend_from_slice(&bits.to_le_bytes()[..width]);
+                }
+            }
+        }
+        (base, value)
+    }
+
+    #[test]
+    fn finds_the_rank_and_predicts_most_of_the_change() -> Result<(), String> {
+        for kind in [FloatKind::BF16, FloatKind::F32] {
+            let (base, value) = low_rank_pair(kind, 300, 40, 5);
+            let lr = LowRank::fit(&value, &base, kind, 40).ok_or("no factors")?;
+            assert!((4..=6).contains(&lr.rank()), "rank {}", lr.rank());
+            let pred = lr.predict(&base, kind);
+            let width = width_of(kind).unwrap_or(4);
+            let dist = |x: &[u8]| -> u64 { words(&value, width).zip(words(x, width)).map(|(a, b)| (a as i64 - b as i64).unsigned_abs()).sum() };
+            assert!(dist(&pred) * 4 < dist(&base), "{kind:?}: prediction {} against base {}", dist(&pred), dist(&base));
+            // Serialised and parsed, it predicts the same bits.
+            let bytes = lr.to_bytes().ok_or("no bytes")?;
+            let (back, used) = LowRank::parse(&bytes, 300 * 40)?;
+            assert_eq!(used, bytes.len());
+            assert_eq!(back.predict(&base, kind), pred);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn declines_what_is_not_low_rank_or_too_wide() {
+        let (base, value) = low_rank_pair(FloatKind::F32, 300, 40, 5);
+        // Rows of 3000: the narrow side has 4 rows but a 4 x 3000 matrix is full rank 4 > 4/2.
+        assert!(LowRank::fit(&value, &base, FloatKind::F32, 3000).is_none());
+        assert!(LowRank::fit(&value, &base, FloatKind::F16, 40).is_none());
+        assert!(LowRank::fit(&value[..400], &base[..400], FloatKind::F32, 40).is_none());
+        let (base, value) = low_rank_pair(FloatKind::F32, 200, 200, 3);
+        assert!(LowRank::fit(&value, &base, FloatKind::F32, 200).is_none(), "narrow side over {MAX_SIDE}");
+        assert!(LowRank::fit(&base, &base, FloatKind::F32, 40).is_none(), "no change");
+    }
+
+    #[test]
+    fn non_finite_elements_are_predicted_by_their_base() {
+        let (mut base, value) = low_rank_pair(FloatKind::F32, 300, 40, 2);
+        for (i, special) in [(7usize, f32::NAN), (100, f32::INFINITY), (2000, f32::NEG_INFINITY)] {
+            base[4 * i..4 * i + 4].copy_from_slice(&special.to_bits().to_le_bytes());
+        }
+        let Some(lr) = LowRank::fit(&value, &base, FloatKind::F32, 40) else { panic!("no factors") };
+        let pred = lr.predict(&base, FloatKind::F32);
+        for i in [7usize, 100, 2000] {
+            assert_eq!(pred[4 * i..4 * i + 4], base[4 * i..4 * i + 4]);
+        }
+    }
+
+    #[test]
+    fn corrupt_blocks_are_errors() {
+        let (base, value) = low_rank_pair(FloatKind::BF16, 300, 40, 3);
+        let bytes = LowRank::fit(&value, &base, FloatKind::BF16, 40).and_then(|l| l.to_bytes()).unwrap_or_default();
+        assert!(!bytes.is_empty());
+        for cut in 0..bytes.len() {
+            assert!(LowRank::parse(&bytes[..cut], 12000).is_err());
+        }
+        assert!(LowRank::parse(&bytes, 12001).is_err());
+        for i in 0..bytes.len() {
+            let mut t = bytes.clone();
+            t[i] ^= 0x5a;
+            let _ = LowRank::parse(&t, 12000);
+        }
+    }
+}
