@@ -178,7 +178,8 @@ fn encode_w<const W: usize>(value: &[u8], base: &[u8], shape: Shape, seg: usize,
     let mut hist = vec![0u64; shape.contexts() * a];
     // (context, symbol, rANS way): an element's way is its index in its segment modulo WAYS,
     // so the decoder runs each segment in groups of WAYS with the states in registers.
-    let mut coded: Vec<(u16, u8, u8)> = Vec::new();
+    let live: usize = segs.iter().zip(lens.chunks(seg)).filter(|(s, _)| s.typical != 0).map(|(_, l)| l.len()).sum();
+    let mut coded: Vec<(u16, u8, u8)> = Vec::with_capacity(live);
     let mut raw_bits = 0u64;
     for ((s, bc), lc) in segs.iter().zip(base.chunks(seg * W)).zip(lens.chunks(seg)) {
         if s.typical == 0 {
