@@ -867,7 +867,12 @@ pub fn assemble_chunk(h: &ChunkHeader, r: &Residual, base: Option<&[u8]>, out: &
         },
     };
     let start = out.len();
-    out.resize(start + n * width, 0);
+    // A masked chunk starts from the base's bytes (elements outside the mask are the base's,
+    // or zero without a base): written once, instead of zeroed and then copied over.
+    match base.filter(|_| r.bitmap.is_some() && h.transform != Transform::Magnitude) {
+        Some(b) => out.extend_from_slice(b),
+        None => out.resize(start + n * width, 0),
+    }
     let dst = &mut out[start..];
     if h.transform == Transform::Magnitude {
         return decode_magnitude(&r.planes[width - 1], base.unwrap_or_default(), width, n, dst);
@@ -952,12 +957,9 @@ fn place<const W: usize>(words: impl Iterator<Item = u64>, bitmap: Option<&[u8]>
                 o.copy_from_slice(&f(r, 0).to_le_bytes()[..W]);
             }
         }
-        (Some(bm), base) => {
+        (Some(bm), _) => {
             // Elements outside the mask have a zero residual: their value is the base's (or
-            // zero, which `dst` already holds).
-            if let Some(b) = base {
-                dst.copy_from_slice(b);
-            }
+            // zero), which `dst` already holds (see `assemble_chunk`).
             let mut words = words;
             for (k, &byte) in bm.iter().enumerate() {
                 if byte == 0xff {
