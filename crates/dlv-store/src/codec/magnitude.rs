@@ -13,11 +13,17 @@
 //! element's exponent, and how one-sided the segment's directions are. Segments are the
 //! tensor's rows when the writer knows them; a segment where nothing moved costs three bytes.
 //!
+//! Where the change has low rank, the value is coded against a low-rank prediction instead of
+//! the base (format 2: see [`super::lowrank`]). Decoding is one pass per element (symbol,
+//! stored bits, value) at about half the speed of byte planes, which is why it is the
+//! `compression = "max"` level and not the default.
+//!
 //! Stream: format (u8, 1), segment length (u32 LE), length of the side information (u32 LE),
 //! the side information as one zstd frame (per segment: its typical `L + exponent` as u16 LE,
 //! 0 for an unchanged segment, then a byte with the main direction in bit 0 and the strength
 //! bucket above it; then a bitmap of the contexts used and, for each, its symbol frequencies as
-//! LEB128 numbers summing to [`TOTAL`]), the [`WAYS`] rANS start states (u32 LE), the number of
+//! LEB128 numbers summing to [`TOTAL`], context `strength * magnitude contexts + magnitude`),
+//! the [`WAYS`] rANS start states (u32 LE), the number of
 //! rANS words (u32 LE) and the words (u16 LE), then the stored bits in u32 LE words, least
 //! significant bit first.
 
@@ -28,7 +34,9 @@ use super::{rans, FloatKind};
 /// few dozen contexts a chunk uses stay in the L2 cache and are built in microseconds.
 const SCALE_BITS: u32 = 10;
 const TOTAL: u32 = 1 << SCALE_BITS;
-const WAYS: usize = rans::WAYS;
+/// Interleaved rANS states: four hide a step's latency behind the others' work (each element
+/// is several dozen instructions), and leave registers for the rest of the loop.
+const WAYS: usize = 4;
 /// Lower bound of a normalised rANS state; states lie in `[LOW, 2^32)`.
 const LOW: u32 = 1 << 16;
 /// Expected bit lengths below `-MC_OFF` share the lowest magnitude context.
@@ -90,7 +98,7 @@ impl Shape {
     fn context(&self, typical: u16, strength: u8, base: u64) -> usize {
         let e = ((base >> self.shift) & self.emask) as i64;
         let mc = (typical as i64 - e + MC_OFF).clamp(0, self.mc as i64 - 1) as usize;
-        mc * SB + strength as usize
+        strength as usize * self.mc + mc
     }
 }
 
@@ -373,12 +381,15 @@ pub fn decode(data: &[u8], base: &[u8], kind: FloatKind, n: usize, out: &mut [u8
 /// Parsed side information: segments and the decoding table offset of each context.
 struct Tables {
     segs: Vec<Segment>,
-    /// Per context, the offset of its 1024 entries in `entries` (the last table is the poison
-    /// table of unused contexts).
-    offset: Vec<u32>,
-    /// Entry: symbol (bits 0-6), frequency (7-17), bias (18-27).
-    entries: Vec<u32>,
+    /// Per strength bucket, per magnitude context, the index of its table (the last table is
+    /// the poison table of unused contexts).
+    index: [[u16; MC_MAX]; SB],
+    /// Decoding tables; entry: symbol (bits 0-6), frequency (7-17), bias (18-27).
+    tables: Vec<[u32; TOTAL as usize]>,
 }
+
+/// Most magnitude contexts of any supported width (fp32: 32 + [`MC_OFF`] + 2).
+const MC_MAX: usize = 36;
 
 /// The symbol the poison table decodes: a bit length no element has.
 const POISON: u32 = 127;
@@ -397,12 +408,12 @@ fn read_tables(meta: &[u8], nseg: usize, shape: Shape) -> Result<Tables, String>
     }
     let (bitmap, mut rest) = rest.split_at_checked(nctx.div_ceil(8)).ok_or_else(|| bad("truncated context bitmap"))?;
     let used: Vec<usize> = (0..nctx).filter(|&c| bitmap[c / 8] >> (c % 8) & 1 != 0).collect();
-    let poison_at = (used.len() * TOTAL as usize) as u32;
-    let mut offset = vec![poison_at; nctx];
-    let mut entries = vec![0u32; (used.len() + 1) * TOTAL as usize];
+    let poison = used.len() as u16;
+    let mut index = [[poison; MC_MAX]; SB];
+    let mut tables = vec![[0u32; TOTAL as usize]; used.len() + 1];
     for (k, &c) in used.iter().enumerate() {
-        let base = k * TOTAL as usize;
-        offset[c] = base as u32;
+        index[c / shape.mc][c % shape.mc] = k as u16;
+        let table = &mut tables[k];
         let mut cum = 0usize;
         for s in 0..shape.alphabet {
             let mut f = 0u32;
@@ -422,7 +433,7 @@ fn read_tables(meta: &[u8], nseg: usize, shape: Shape) -> Result<Tables, String>
             if f > TOTAL || cum + f as usize > TOTAL as usize {
                 return Err(bad("frequencies exceed the total"));
             }
-            for (b, e) in entries[base + cum..base + cum + f as usize].iter_mut().enumerate() {
+            for (b, e) in table[cum..cum + f as usize].iter_mut().enumerate() {
                 *e = s as u32 | f << 7 | (b as u32) << 18;
             }
             cum += f as usize;
@@ -435,12 +446,12 @@ fn read_tables(meta: &[u8], nseg: usize, shape: Shape) -> Result<Tables, String>
         return Err(bad("trailing bytes"));
     }
     // The poison table keeps the state as it is and yields a symbol no element has.
-    for (slot, e) in entries[poison_at as usize..].iter_mut().enumerate() {
-        *e = POISON | TOTAL << 7 | (slot as u32) << 18;
+    if let Some(p) = tables.last_mut() {
+        for (slot, e) in p.iter_mut().enumerate() {
+            *e = POISON | TOTAL << 7 | (slot as u32) << 18;
+        }
     }
-    // A live segment whose contexts all lie outside the used ones would decode only poison;
-    // that is caught per element.
-    Ok(Tables { segs, offset, entries })
+    Ok(Tables { segs, index, tables })
 }
 
 /// Decodes every element: in the moved segments, its symbol (rANS under its context), then its
@@ -451,7 +462,16 @@ fn read_tables(meta: &[u8], nseg: usize, shape: Shape) -> Result<Tables, String>
 /// hash covers the rest.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-fn decode_elements<const W: usize>(t: &Tables, shape: Shape, words: &[u16], states: &mut [u32; WAYS], data: &[u8], base: &[u8], seg: usize, out: &mut [u8]) -> (usize, usize, u32) {
+fn decode_elements<const W: usize, const SHIFT: u32, const EMASK: u64>(
+    t: &Tables,
+    shape: Shape,
+    words: &[u16],
+    states: &mut [u32; WAYS],
+    data: &[u8],
+    base: &[u8],
+    seg: usize,
+    out: &mut [u8],
+) -> (usize, usize, u32) {
     let mut info = [(0u64, 0u64, 0u32); 128];
     for (sym, e) in info.iter_mut().enumerate() {
         let len = (sym >> 1) as u32;
@@ -459,11 +479,14 @@ fn decode_elements<const W: usize>(t: &Tables, shape: Shape, words: &[u16], stat
         *e = ((1u64 << nb) - 1, if len > 0 { 1u64 << nb } else { 0 }, nb);
     }
     let (mut pos, mut bitpos, mut top) = (0usize, 0usize, 0u32);
-    let (offset, entries) = (t.offset.as_slice(), t.entries.as_slice());
-    let mut step = |x: &mut u32, s: &Segment, b: &[u8], o: &mut [u8]| {
+    let tables = t.tables.as_slice();
+    let last = shape.mc as i64 - 1;
+    // Per segment: the table index of each magnitude context under its strength, and its
+    // typical `L + exponent` shifted so that the context is `clamp(tp - exponent)`.
+    let mut step = |x: &mut u32, row: &[u16; MC_MAX], tp: i64, main: u64, b: &[u8], o: &mut [u8]| {
         let b = load::<W>(b);
-        let off = offset.get(shape.context(s.typical, s.strength, b)).copied().unwrap_or(0) as usize;
-        let e = entries.get(off + (*x & (TOTAL - 1)) as usize).copied().unwrap_or(POISON);
+        let mc = (tp - ((b >> SHIFT) & EMASK) as i64).clamp(0, last) as usize;
+        let e = tables.get(row[mc.min(MC_MAX - 1)] as usize).map_or(POISON, |tb| tb[(*x & (TOTAL - 1)) as usize]);
         *x = ((e >> 7) & 0x7ff) * (*x >> SCALE_BITS) + (e >> 18);
         let need = *x < LOW;
         let w = words.get(pos).copied().unwrap_or(0) as u32;
@@ -478,37 +501,35 @@ fn decode_elements<const W: usize>(t: &Tables, shape: Shape, words: &[u16], stat
         };
         bitpos += nb as usize;
         let m = (word & mask) | lead;
-        let down = (s.main as u64 ^ sym as u64 ^ (b >> (8 * W - 1))) & 1;
+        let down = (main ^ sym as u64 ^ (b >> (8 * W - 1))) & 1;
         let neg = 0u64.wrapping_sub(down);
         let v = b.wrapping_add((m ^ neg).wrapping_sub(neg));
         o.copy_from_slice(&v.to_le_bytes()[..W]);
     };
-    let [mut x0, mut x1, mut x2, mut x3, mut x4, mut x5, mut x6, mut x7] = *states;
+    let [mut x0, mut x1, mut x2, mut x3] = *states;
     for ((s, bc), oc) in t.segs.iter().zip(base.chunks(seg * W)).zip(out.chunks_mut(seg * W)) {
         if s.typical == 0 {
             oc.copy_from_slice(bc);
             continue;
         }
+        let row = &t.index[(s.strength as usize).min(SB - 1)];
+        let (tp, main) = (s.typical as i64 + MC_OFF, s.main as u64);
         let mut bi = bc.chunks_exact(WAYS * W);
         let mut oi = oc.chunks_exact_mut(WAYS * W);
         for (bg, og) in (&mut bi).zip(&mut oi) {
             let (bg, og) = (&bg[..WAYS * W], &mut og[..WAYS * W]);
-            step(&mut x0, s, &bg[0..W], &mut og[0..W]);
-            step(&mut x1, s, &bg[W..2 * W], &mut og[W..2 * W]);
-            step(&mut x2, s, &bg[2 * W..3 * W], &mut og[2 * W..3 * W]);
-            step(&mut x3, s, &bg[3 * W..4 * W], &mut og[3 * W..4 * W]);
-            step(&mut x4, s, &bg[4 * W..5 * W], &mut og[4 * W..5 * W]);
-            step(&mut x5, s, &bg[5 * W..6 * W], &mut og[5 * W..6 * W]);
-            step(&mut x6, s, &bg[6 * W..7 * W], &mut og[6 * W..7 * W]);
-            step(&mut x7, s, &bg[7 * W..8 * W], &mut og[7 * W..8 * W]);
+            step(&mut x0, row, tp, main, &bg[0..W], &mut og[0..W]);
+            step(&mut x1, row, tp, main, &bg[W..2 * W], &mut og[W..2 * W]);
+            step(&mut x2, row, tp, main, &bg[2 * W..3 * W], &mut og[2 * W..3 * W]);
+            step(&mut x3, row, tp, main, &bg[3 * W..4 * W], &mut og[3 * W..4 * W]);
         }
-        let mut xs = [x0, x1, x2, x3, x4, x5, x6, x7];
+        let mut xs = [x0, x1, x2, x3];
         for ((b, o), x) in bi.remainder().chunks_exact(W).zip(oi.into_remainder().chunks_exact_mut(W)).zip(xs.iter_mut()) {
-            step(x, s, b, o);
+            step(x, row, tp, main, b, o);
         }
-        [x0, x1, x2, x3, x4, x5, x6, x7] = xs;
+        [x0, x1, x2, x3] = xs;
     }
-    *states = [x0, x1, x2, x3, x4, x5, x6, x7];
+    *states = [x0, x1, x2, x3];
     (pos, bitpos, top)
 }
 
@@ -543,7 +564,11 @@ fn decode_w<const W: usize>(data: &[u8], base: &[u8], shape: Shape, n: usize, ou
     let wb = data.get(at..at + 2 * nwords).ok_or("magnitude stream: rANS words run past the stream")?;
     let words: Vec<u16> = wb.chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
     let bits = BitReader::new(&data[at + 2 * nwords..]);
-    let (pos, bitpos, top) = decode_elements::<W>(&t, shape, &words, &mut states, &bits.data, base, seg, out);
+    let (pos, bitpos, top) = match (W, shape.shift) {
+        (2, 7) => decode_elements::<W, 7, 0xff>(&t, shape, &words, &mut states, &bits.data, base, seg, out),
+        (2, _) => decode_elements::<W, 10, 0x1f>(&t, shape, &words, &mut states, &bits.data, base, seg, out),
+        _ => decode_elements::<W, 23, 0xff>(&t, shape, &words, &mut states, &bits.data, base, seg, out),
+    };
     if top as usize >= shape.alphabet {
         return Err("magnitude stream decodes to an impossible element".into());
     }
