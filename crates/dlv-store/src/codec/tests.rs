@@ -428,3 +428,21 @@ fn magnitude_chunks_keep_special_patterns_and_name_corruption() -> Result<(), St
     assert!(decode_chunk(&enc.header, 2, None, coded, Some(&base[2..]), true, &mut out).is_err());
     Ok(())
 }
+
+#[test]
+fn storage_settings_are_read_and_bad_ones_named() -> Result<(), String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let write = |body: &str| std::fs::write(tmp.path().join("config.toml"), format!("format = 1\n[storage]\n{body}\n")).map_err(|e| e.to_string());
+    write("compression = \"max\"\ndelta = \"int\"\nmax_chain = 4")?;
+    let cfg = StorageConfig::load(tmp.path()).map_err(|e| e.to_string())?;
+    assert_eq!(cfg.encoding(), Encoding { delta: DeltaMode::Int, compression: Compression::Max });
+    assert_eq!(cfg.max_chain, 4);
+    write("")?;
+    assert_eq!(StorageConfig::load(tmp.path()).map_err(|e| e.to_string())?.compression, Compression::Fast);
+    for (body, key) in [("compression = \"ultra\"", "storage.compression"), ("compression = 3", "storage.compression"), ("delta = \"sub\"", "storage.delta")] {
+        write(body)?;
+        let err = StorageConfig::load(tmp.path()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(key) && err.contains("config.toml"), "{body}: {err}");
+    }
+    Ok(())
+}
