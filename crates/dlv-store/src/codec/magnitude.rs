@@ -208,8 +208,12 @@ fn encode_w<const W: usize>(value: &[u8], base: &[u8], shape: Shape, seg: usize,
     let mut bits = raw_bits as f64;
     for h in hist.chunks(a) {
         let f = rans::normalise_to(h, TOTAL);
-        if let Some(f) = &f {
-            bits += h.iter().zip(f).filter(|(&c, _)| c > 0).map(|(&c, &f)| c as f64 * (TOTAL as f64 / f as f64).log2()).sum::<f64>();
+        match &f {
+            Some(f) => bits += h.iter().zip(f).filter(|(&c, _)| c > 0).map(|(&c, &f)| c as f64 * (TOTAL as f64 / f as f64).log2()).sum::<f64>(),
+            // A used context always normalises (its symbols are fewer than TOTAL); should it
+            // not, the chunk is left to the byte planes.
+            None if h.iter().any(|&c| c > 0) => return None,
+            None => {}
         }
         freqs.push(f);
     }
