@@ -19,6 +19,8 @@ mod objects;
 mod record;
 mod repo;
 mod tensor;
+#[cfg(test)]
+mod testrand;
 
 pub use checkout::{CheckoutOutcome, Precision};
 pub use codec::{decode_tensor, encode_tensor, Compression, DeltaMode, EncodedTensor, Encoding, FloatKind, StorageConfig, TensorLayout, CHUNK_ELEMS, DEFAULT_MAX_CHAIN};

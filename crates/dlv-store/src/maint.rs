@@ -534,13 +534,8 @@ mod tests {
     /// A 200 x 200 f32 layer after `steps` noisy steps, each row with its own step size and
     /// every third row frozen (training-like, unlike [`weights_file`]'s smooth changes).
     fn walk_file(dir: &Path, steps: u32) -> Result<()> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-        };
+        let mut r = crate::testrand::XorShift::new(0x9e37_79b9_7f4a_7c15);
+        let mut rnd = move || r.unit() as f32 - 0.5;
         let mut w: Vec<f32> = (0..40_000).map(|_| rnd() * 0.2).collect();
         for _ in 0..steps {
             for (i, v) in w.iter_mut().enumerate() {

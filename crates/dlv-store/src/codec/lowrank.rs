@@ -320,13 +320,8 @@ mod tests {
     /// A `rows` x `cols` bf16 or f32 base and a value that differs by a rank-`r` matrix plus a
     /// little noise.
     fn low_rank_pair(kind: FloatKind, rows: usize, cols: usize, r: usize) -> (Vec<u8>, Vec<u8>) {
-        let mut s = 0x9e3779b97f4a7c15u64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        };
+        let mut rng = crate::testrand::XorShift::new(0x9e3779b97f4a7c15);
+        let mut next = || rng.unit() - 0.5;
         let a: Vec<f64> = (0..rows * r).map(|_| next()).collect();
         let b: Vec<f64> = (0..r * cols).map(|_| next()).collect();
         let width = width_of(kind).unwrap_or(4);

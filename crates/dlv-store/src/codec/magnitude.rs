@@ -592,15 +592,8 @@ mod tests {
     use super::*;
 
     fn noise(n: usize, seed: u64) -> Vec<u64> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s
-            })
-            .collect()
+        let mut r = crate::testrand::XorShift::new(seed | 1);
+        (0..n).map(|_| r.next_u64()).collect()
     }
 
     /// A base of floats and a value where most elements move by a few units in the last place,

@@ -312,15 +312,8 @@ mod tests {
 
     /// Deterministic pseudo-random bytes (xorshift).
     fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 32) as u8
-            })
-            .collect()
+        let mut r = crate::testrand::XorShift::new(seed | 1);
+        (0..n).map(|_| (r.next_u64() >> 32) as u8).collect()
     }
 
     fn cases() -> Vec<Vec<u8>> {

@@ -323,13 +323,10 @@ mod tests {
     /// Bytes 0, 1, 2 with probabilities 0.7, 0.2, 0.1: a Huffman code spends 1.3 bits per byte,
     /// the entropy is 1.16.
     fn skewed(n: usize) -> Vec<u8> {
-        let mut s = 0x2545f4914f6cdd1du64;
+        let mut r = crate::testrand::XorShift::new(0x2545f4914f6cdd1d);
         (0..n)
             .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                match s % 10 {
+                match r.next_u64() % 10 {
                     0..=6 => 0,
                     7 | 8 => 1,
                     _ => 2,

@@ -4,6 +4,7 @@ use proptest::prelude::*;
 
 use super::planes::{join_top, split};
 use super::*;
+use crate::testrand::XorShift;
 
 fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: impl Into<Encoding>) -> Result<EncodedChunk, String> {
     let w = layout.width;
@@ -109,13 +110,8 @@ fn special_float_patterns_round_trip() -> Result<(), String> {
 #[test]
 fn snapshot_deltas_shrink_and_pick_a_delta() -> Result<(), String> {
     // A "training step": small relative changes of normal-ish weights.
-    let mut x = 0x1234_5678u64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut r = XorShift::new(0x1234_5678);
+    let mut rnd = move || r.unit();
     let base: Vec<f32> = (0..50_000).map(|_| ((rnd() - 0.5) * 0.1) as f32).collect();
     let next: Vec<f32> = base.iter().map(|&w| w + ((rnd() - 0.5) * 1e-4) as f32).collect();
     let (bb, nb): (Vec<u8>, Vec<u8>) = (
@@ -151,13 +147,8 @@ fn sparse_deltas_use_sparse_or_small_streams() -> Result<(), String> {
 #[test]
 fn masked_and_split_chunks_round_trip_and_shrink() -> Result<(), String> {
     // Most weights unchanged, the rest moved by a few thousand ulps: the shape of an SGD delta.
-    let mut x = 0x9e37_79b9u64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut r = XorShift::new(0x9e37_79b9);
+    let mut rnd = move || r.next_u64();
     let base: Vec<u32> = (0..200_000).map(|_| 0x3c00_0000 | (rnd() as u32 & 0x00ff_ffff)).collect();
     // Moves of every size up to 2^18 ulps, so the leading byte falls in different planes.
     let next: Vec<u32> = base
@@ -319,13 +310,8 @@ const MAX: Encoding = Encoding { delta: DeltaMode::Auto, compression: Compressio
 /// moving with its own scale and mostly one way, every fourth row not at all; with `rank`, the
 /// change is instead a sum of `rank` outer products.
 fn layer_step(kind: FloatKind, rows: usize, cols: usize, rank: usize) -> (Vec<u8>, Vec<u8>) {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut r = XorShift::new(0x2545_f491_4f6c_dd1d);
+    let mut rnd = move || r.unit();
     let w: Vec<f64> = (0..rows * cols).map(|_| (rnd() - 0.5) * 0.2).collect();
     let us: Vec<f64> = (0..rows * rank).map(|_| rnd() - 0.5).collect();
     let vs: Vec<f64> = (0..rank * cols).map(|_| rnd() - 0.5).collect();
