@@ -488,9 +488,13 @@ impl Repository {
 pub(crate) struct DeltaPlanner {
     pub(crate) config: StorageConfig,
     parents: Vec<Vec<TensorEntry>>,
-    /// First-parent ancestors of the commit (parent first), for reverse deltas; empty when the
-    /// parent already has a child or reverse deltas are off.
-    lineage: Vec<Vec<TensorEntry>>,
+    /// Whether reverse deltas may be planned: the parent has no child yet and they are on.
+    reverse: bool,
+    /// For reverse deltas: per object, the longest chain of links from an object of the
+    /// lineage (the parent and its first-parent ancestors, up to `max_chain + 1` versions) that
+    /// ends at it. Re-coding a whole object against a new one adds a link to every such chain,
+    /// whichever tensor name it came through (tensors of equal content share objects).
+    heights: std::collections::HashMap<String, usize>,
 }
 
 /// How one tensor is coded.
@@ -524,7 +528,8 @@ impl DeltaPlanner {
                 }
             }
         }
-        Ok(DeltaPlanner { config, parents: tensors, lineage })
+        let heights = chain_heights(repo, &lineage, config.max_chain);
+        Ok(DeltaPlanner { config, parents: tensors, reverse: !lineage.is_empty(), heights })
     }
 
     pub(crate) fn plan(&self, repo: &Repository, info: &TensorInfo) -> Plan {
@@ -537,19 +542,9 @@ impl DeltaPlanner {
         if base_info.layout.is_none() {
             return Plan::Forward(None);
         }
-        if base_info.base.is_none() && !self.lineage.is_empty() {
-            // The parent tensor is whole: how deep are the chains that end at it? Along the
-            // lineage, each older tensor coded against the next newer one adds a link.
-            let mut height = 0;
-            let mut newer = entry.object.clone();
-            for tensors in self.lineage.iter().skip(1) {
-                let Some(t) = tensors.iter().find(same) else { break };
-                if t.object == newer || objects.base_of(&t.object).ok().flatten().as_deref() != Some(newer.as_str()) {
-                    break;
-                }
-                height += 1;
-                newer = t.object.clone();
-            }
+        if base_info.base.is_none() && self.reverse {
+            // The parent tensor is whole: how deep are the chains that end at it?
+            let height = self.heights.get(&entry.object).copied().unwrap_or(0);
             if height < self.config.max_chain {
                 return Plan::Reverse(entry.object.clone());
             }
@@ -567,6 +562,26 @@ impl DeltaPlanner {
             }
         }
     }
+}
+
+/// For every object reachable along delta links from an object of `lineage` (at most
+/// `max_chain + 1` links), the longest such chain ending at it. Each object's base is read once.
+fn chain_heights(repo: &Repository, lineage: &[Vec<TensorEntry>], max_chain: usize) -> std::collections::HashMap<String, usize> {
+    let objects = repo.objects();
+    let mut base_of: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+    let mut heights = std::collections::HashMap::new();
+    let starts: std::collections::BTreeSet<&str> = lineage.iter().flatten().map(|t| t.object.as_str()).collect();
+    for start in starts {
+        let mut cur = start.to_string();
+        for links in 1..=max_chain + 1 {
+            let base = base_of.entry(cur.clone()).or_insert_with(|| objects.base_of(&cur).ok().flatten()).clone();
+            let Some(b) = base else { break };
+            let h = heights.entry(b.clone()).or_insert(0);
+            *h = (*h).max(links);
+            cur = b;
+        }
+    }
+    heights
 }
 
 /// The raw header (length prefix and JSON) of a safetensors file, or `None` for other formats.

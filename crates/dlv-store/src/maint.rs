@@ -642,6 +642,56 @@ mod tests {
         Ok(())
     }
 
+    /// Writes `w.safetensors` with the named f32 tensors of 4,000 values: one common set of
+    /// weights, moved a little by a seed (the same seed gives the same content, and any two
+    /// are close enough to be coded as deltas of each other).
+    fn named_file(dir: &Path, tensors: &[(&str, u64)]) -> Result<()> {
+        let mut common = crate::testrand::XorShift::new(99);
+        let weights: Vec<f32> = (0..4000).map(|_| (common.unit() - 0.5) as f32).collect();
+        let data: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|&(_, seed)| {
+                let mut r = crate::testrand::XorShift::new(seed);
+                weights.iter().flat_map(|&w| (w + (r.unit() - 0.5) as f32 * 1e-4).to_le_bytes()).collect()
+            })
+            .collect();
+        let infos: Vec<TensorInfo> = tensors.iter().map(|&(n, _)| TensorInfo { name: n.into(), dtype: DType::F32, shape: vec![40, 100] }).collect();
+        formats::write_safetensors(&dir.join("w.safetensors"), &infos, None, &mut |i, w| {
+            w.write_all(&data[i]).map_err(|e| StoreError::io("w", e))?;
+            Ok(data[i].len() as u64)
+        })
+    }
+
+    /// Two tensors that were one object diverge again, and one of them has a shorter history:
+    /// its reverse delta must not lengthen the other's chains past `max_chain` (every chain
+    /// that ends at the shared object counts, not only those of one tensor name).
+    #[test]
+    fn a_shared_object_that_diverges_keeps_every_chain_bounded() -> Result<()> {
+        let (_tmp, dir, repo) = scratch_repo()?;
+        set_config(&dir, "max_chain = 2")?;
+        let steps: [&[(&str, u64)]; 4] = [
+            &[("a", 1)],
+            &[("a", 2), ("b", 3)],
+            &[("a", 4), ("b", 4)],
+            &[("a", 5), ("b", 6)],
+        ];
+        let mut ids = Vec::new();
+        for (k, tensors) in steps.iter().enumerate() {
+            named_file(&dir, tensors)?;
+            repo.add(&[dir.join("w.safetensors")])?;
+            let opts = CommitOptions { name: "m".into(), message: format!("step {k}"), author: "t".into(), ..Default::default() };
+            ids.push(repo.commit(&opts, &NoProgress)?.id);
+            for id in &ids {
+                for t in repo.get(id)?.tensors {
+                    let d = repo.objects().chain_len(&t.object)?;
+                    assert!(d <= 2, "after step {k}: {} of {id} at depth {d}", t.name);
+                }
+            }
+        }
+        assert!(repo.fsck()?.is_ok());
+        Ok(())
+    }
+
     /// `storage.compression = "max"`: deltas of floats take the magnitude coder where it is
     /// smaller; the series is smaller than with the default, every version reads back whole and
     /// at low precision, and fsck, repack and gc keep it so.
