@@ -829,8 +829,8 @@ impl ChunkReader {
             return Err(self.corrupt("is a delta in an object without a base"));
         }
         // A plane's stream codes `elems` bytes, the magnitude stream all of them.
-        let limit = (width as u64 + 1) * h.elems + 4096;
-        if let Some(s) = h.mask.iter().chain(&h.streams).find(|s| s.len > limit) {
+        let limit = |s: &codec::StreamDesc| if s.coder == codec::stream::Coder::Magnitude { (width as u64 + 1) * h.elems + 4096 } else { 2 * h.elems + 4096 };
+        if let Some(s) = h.mask.iter().chain(&h.streams).find(|s| s.len > limit(s)) {
             return Err(self.corrupt(format!("stream of {} bytes is longer than possible", s.len)));
         }
         Ok(h)

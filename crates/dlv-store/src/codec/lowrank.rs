@@ -243,31 +243,50 @@ impl LowRank {
         self.scales.len()
     }
 
-    /// The predicted value: `base + U V^T` per element, rounded to the element type (the base
-    /// itself where either is not finite). Bit-exact on every platform: IEEE f32 operations in
-    /// a fixed order, no fused multiply-add.
-    pub fn predict(&self, base: &[u8], kind: FloatKind) -> Vec<u8> {
-        let width = width_of(kind).unwrap_or(4);
+    /// The predicted value: `base + U V^T` per element, rounded to the element type, or the
+    /// base itself where the base is zero, subnormal or not finite, or the sum is not a normal
+    /// finite f32. `None` for a float kind without low-rank prediction or a base of the wrong
+    /// length.
+    ///
+    /// Bit-exact on every platform and in every floating-point mode: the products are summed as
+    /// integers (the scales become 15-bit integer multiples of the largest; smaller components
+    /// are dropped), and the only float steps are one multiplication and one addition in f64 on
+    /// normal numbers and the rounding to the element type, none of which a flush-to-zero or
+    /// denormals-are-zero mode can change.
+    pub fn predict(&self, base: &[u8], kind: FloatKind) -> Option<Vec<u8>> {
+        let width = width_of(kind)?;
         let (k, cols) = (self.rank(), self.cols);
-        let vf: Vec<f32> = self.v.iter().map(|&x| x as f32).collect();
+        if base.len() != self.rows * cols * width {
+            return None;
+        }
+        let normal = |f: f32| f.is_normal();
+        let top = self.scales.iter().copied().filter(|&s| normal(s)).fold(0.0f32, |a, s| a.max(s.abs()));
+        if top == 0.0 {
+            return Some(base.to_vec());
+        }
+        const ONE: f64 = 32768.0;
+        let q: Vec<i64> = self.scales.iter().map(|&s| if normal(s) { (s as f64 / top as f64 * ONE).round() as i64 } else { 0 }).collect();
+        let unit = top as f64 / ONE;
+        let vq: Vec<i64> = self.v.iter().map(|&x| x as i64).collect();
         let mut out = Vec::with_capacity(base.len());
-        let mut acc = vec![0.0f32; cols];
-        for (i, brow) in base.chunks(cols * width).enumerate().take(self.rows) {
-            acc.iter_mut().for_each(|a| *a = 0.0);
+        let mut acc = vec![0i64; cols];
+        for (i, brow) in base.chunks_exact(cols * width).enumerate() {
+            acc.iter_mut().for_each(|a| *a = 0);
             for c in 0..k {
-                let coef = self.scales[c] * self.u[i * k + c] as f32;
-                for (a, &x) in acc.iter_mut().zip(&vf[c * cols..c * cols + cols]) {
+                let coef = q[c] * self.u[i * k + c] as i64;
+                for (a, &x) in acc.iter_mut().zip(&vq[c * cols..c * cols + cols]) {
                     *a += coef * x;
                 }
             }
             for (b, &p) in words(brow, width).zip(&acc) {
                 let bf = value_of(kind, b);
-                let f = bf + p;
-                let w = if bf.is_finite() && f.is_finite() { bits_of(kind, f) } else { b };
+                let f = bf as f64 + p as f64 * unit;
+                let ok = normal(bf) && f.abs() >= f32::MIN_POSITIVE as f64 && f.abs() <= f32::MAX as f64;
+                let w = if ok { bits_of(kind, f as f32) } else { b };
                 out.extend_from_slice(&w.to_le_bytes()[..width]);
             }
         }
-        out
+        Some(out)
     }
 
     pub fn to_bytes(&self) -> Option<Vec<u8>> {
@@ -293,11 +312,16 @@ impl LowRank {
         let rows = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let k = head[4] as usize;
         let zlen = u32::from_le_bytes([head[5], head[6], head[7], head[8]]) as usize;
-        if rows < 2 || !n.is_multiple_of(rows) || k == 0 || k > MAX_RANK {
-            return Err(bad("shape or rank out of range"));
+        // The encoder's limits, so that a hostile block cannot ask for more memory or work.
+        if n == 0 || rows == 0 || !n.is_multiple_of(rows) {
+            return Err(bad("shape out of range"));
         }
         let cols = n / rows;
-        let z = data.get(HEAD..HEAD + zlen).ok_or_else(|| bad("frame runs past the stream"))?;
+        let side = rows.min(cols);
+        if !(2..=MAX_SIDE).contains(&side) || k == 0 || k > MAX_RANK.min(side / 2) {
+            return Err(bad("shape or rank out of range"));
+        }
+        let z = HEAD.checked_add(zlen).and_then(|end| data.get(HEAD..end)).ok_or_else(|| bad("frame runs past the stream"))?;
         let want = 4 * k + rows * k + k * cols;
         let body = zstd::bulk::decompress(z, want).map_err(|e| bad(&e.to_string()))?;
         if body.len() != want {
@@ -345,7 +369,7 @@ mod tests {
             let (base, value) = low_rank_pair(kind, 300, 40, 5);
             let lr = LowRank::fit(&value, &base, kind, 40).ok_or("no factors")?;
             assert!((4..=6).contains(&lr.rank()), "rank {}", lr.rank());
-            let pred = lr.predict(&base, kind);
+            let pred = lr.predict(&base, kind).ok_or("no prediction")?;
             let width = width_of(kind).unwrap_or(4);
             let dist = |x: &[u8]| -> u64 { words(&value, width).zip(words(x, width)).map(|(a, b)| (a as i64 - b as i64).unsigned_abs()).sum() };
             assert!(dist(&pred) * 4 < dist(&base), "{kind:?}: prediction {} against base {}", dist(&pred), dist(&base));
@@ -353,7 +377,9 @@ mod tests {
             let bytes = lr.to_bytes().ok_or("no bytes")?;
             let (back, used) = LowRank::parse(&bytes, 300 * 40)?;
             assert_eq!(used, bytes.len());
-            assert_eq!(back.predict(&base, kind), pred);
+            assert_eq!(back.predict(&base, kind), Some(pred));
+            assert_eq!(back.predict(&base[4..], kind), None);
+            assert_eq!(back.predict(&base, FloatKind::F16), None);
         }
         Ok(())
     }
@@ -377,7 +403,7 @@ mod tests {
             base[4 * i..4 * i + 4].copy_from_slice(&special.to_bits().to_le_bytes());
         }
         let Some(lr) = LowRank::fit(&value, &base, FloatKind::F32, 40) else { panic!("no factors") };
-        let pred = lr.predict(&base, FloatKind::F32);
+        let pred = lr.predict(&base, FloatKind::F32).unwrap_or_default();
         for i in [7usize, 100, 2000] {
             assert_eq!(pred[4 * i..4 * i + 4], base[4 * i..4 * i + 4]);
         }
@@ -392,6 +418,19 @@ mod tests {
             assert!(LowRank::parse(&bytes[..cut], 12000).is_err());
         }
         assert!(LowRank::parse(&bytes, 12001).is_err());
+        assert!(LowRank::parse(&bytes, 0).is_err());
+        // Shapes and ranks the encoder never writes are refused before anything is allocated:
+        // one column, a narrow side over the limit, a rank over half the narrow side.
+        let head = |rows: u32, k: u8| -> Vec<u8> {
+            let mut b = rows.to_le_bytes().to_vec();
+            b.push(k);
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b
+        };
+        for (rows, k, n) in [(12000u32, 1u8, 12000usize), (1000, 1, 1_000_000), (300, 21, 12000), (300, 33, 3_000_000)] {
+            let err = LowRank::parse(&head(rows, k), n).err().unwrap_or_default();
+            assert!(err.contains("out of range"), "{rows} rows, rank {k}, {n} elements: {err}");
+        }
         for i in 0..bytes.len() {
             let mut t = bytes.clone();
             t[i] ^= 0x5a;

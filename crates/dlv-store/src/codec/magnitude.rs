@@ -136,7 +136,7 @@ pub fn encode(value: &[u8], base: &[u8], kind: FloatKind, row: usize, budget: us
     let limit = plain.as_ref().map_or(budget, |p| p.len().min(budget));
     let predicted = LowRank::fit(value, base, kind, row).and_then(|lr| {
         let block = lr.to_bytes()?;
-        let rest = body(&lr.predict(base, kind), limit.checked_sub(1 + block.len())?)?;
+        let rest = body(&lr.predict(base, kind)?, limit.checked_sub(1 + block.len())?)?;
         let mut out = Vec::with_capacity(1 + block.len() + rest.len());
         out.push(FORMAT_LOW_RANK);
         out.extend_from_slice(&block);
@@ -376,7 +376,8 @@ pub fn decode(data: &[u8], base: &[u8], kind: FloatKind, n: usize, out: &mut [u8
     match data.first() {
         Some(&FORMAT_LOW_RANK) => {
             let (lr, used) = LowRank::parse(&data[1..], n)?;
-            body(&data[1 + used..], &lr.predict(base, kind), out)
+            let pred = lr.predict(base, kind).ok_or("magnitude stream: low-rank prediction for a float kind without it")?;
+            body(data.get(1 + used..).unwrap_or_default(), &pred, out)
         }
         _ => body(data, base, out),
     }
@@ -550,7 +551,7 @@ fn decode_w<const W: usize>(data: &[u8], base: &[u8], shape: Shape, n: usize, ou
     }
     let nseg = n.div_ceil(seg);
     let meta_len = u32_at(data, 5)? as usize;
-    let meta_z = data.get(HEAD..HEAD + meta_len).ok_or("magnitude stream: side information runs past the stream")?;
+    let meta_z = HEAD.checked_add(meta_len).and_then(|end| data.get(HEAD..end)).ok_or("magnitude stream: side information runs past the stream")?;
     let cap = 3 * nseg + shape.contexts().div_ceil(8) + shape.contexts() * shape.alphabet * 2;
     let meta = zstd::bulk::decompress(meta_z, cap).map_err(|e| format!("magnitude side information: {e}"))?;
     let t = read_tables(&meta, nseg, shape)?;
@@ -565,9 +566,10 @@ fn decode_w<const W: usize>(data: &[u8], base: &[u8], shape: Shape, n: usize, ou
     }
     let nwords = u32_at(data, at)? as usize;
     at += 4;
-    let wb = data.get(at..at + 2 * nwords).ok_or("magnitude stream: rANS words run past the stream")?;
+    let end = nwords.checked_mul(2).and_then(|b| b.checked_add(at)).ok_or("magnitude stream: rANS words run past the stream")?;
+    let wb = data.get(at..end).ok_or("magnitude stream: rANS words run past the stream")?;
     let words: Vec<u16> = wb.chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
-    let bits = BitReader::new(&data[at + 2 * nwords..]);
+    let bits = BitReader::new(data.get(end..).unwrap_or_default());
     let (pos, bitpos, top) = match (W, shape.shift) {
         (2, 7) => decode_elements::<W, 7, 0xff>(&t, shape, &words, &mut states, &bits.data, base, seg, out),
         (2, _) => decode_elements::<W, 10, 0x1f>(&t, shape, &words, &mut states, &bits.data, base, seg, out),

@@ -372,7 +372,8 @@ impl EncodedChunk {
 /// each plane's coder by the size it actually codes to. Planes are coded in parallel.
 pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc: Encoding) -> EncodedChunk {
     let magnitude_allowed = matches!(enc.delta, DeltaMode::Auto | DeltaMode::Int) && enc.compression == Compression::Max;
-    let Some(base) = base.filter(|b| magnitude_allowed && b.len() == value.len() && magnitude::supports(layout.float)) else {
+    let fits = magnitude::supports(layout.float) && magnitude::width_of(layout.float) == layout.width;
+    let Some(base) = base.filter(|b| magnitude_allowed && fits && b.len() == value.len()) else {
         return encode_planes(value, base, layout, enc.delta);
     };
     let Some(m) = encode_magnitude(value, base, layout) else { return encode_planes(value, Some(base), layout, enc.delta) };

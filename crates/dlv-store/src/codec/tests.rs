@@ -378,7 +378,23 @@ fn low_rank_changes_are_predicted() -> Result<(), String> {
         // The float kind, then the low-rank format.
         assert_eq!(rows.streams[0][..2], [kind as u8, 2], "{kind:?}");
         assert!(rows.stored_len() * 10 < plain.stored_len() * 8, "{kind:?}: {} against {}", rows.stored_len(), plain.stored_len());
+        // The same stream claiming another float kind (fp16 has no low-rank prediction, fp32
+        // another width) is an error, not a panic, also unchecked.
+        for forged_kind in [FloatKind::F16, FloatKind::F32, FloatKind::BF16] {
+            if forged_kind == kind {
+                continue;
+            }
+            let mut forged = rows.streams[0].clone();
+            forged[0] = forged_kind as u8;
+            let coded = vec![(w - 1, rows.header.streams[0], forged.into())];
+            let mut out = Vec::new();
+            assert!(decode_chunk(&rows.header, w, None, coded, Some(&base), false, &mut out).is_err(), "{kind:?} as {forged_kind:?}");
+        }
     }
+    // A layout whose float kind does not match its width is coded as planes, and round-trips.
+    let (base, next) = layer_step(FloatKind::F32, 64, 256, 0);
+    let odd = roundtrip(&next, Some(&base), TensorLayout { width: 2, float: FloatKind::F32, row: 256 }, MAX)?;
+    assert_ne!(odd.header.transform, Transform::Magnitude);
     Ok(())
 }
 
