@@ -38,7 +38,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Train(args) => crate::train::train(cli, &start, args, out),
         Command::Eval(args) => crate::train::eval(cli, &start, args, out),
         Command::Fsck => fsck(cli, &start, out),
-        Command::Gc { dry_run, repack } => gc(cli, &start, *dry_run, *repack, out),
+        Command::Gc { dry_run, repack, recode } => gc(cli, &start, *dry_run, *repack, *recode, out),
         Command::Remote(c) => crate::remote::remote(cli, c, out),
         Command::Login(args) => crate::remote::login(cli, args, out),
         Command::Publish(args) => crate::remote::publish(cli, &start, args, out),
@@ -314,11 +314,11 @@ fn fsck(cli: &Cli, start: &Path, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-fn gc(cli: &Cli, start: &Path, dry_run: bool, repack: bool, out: &mut dyn Write) -> Result<()> {
+fn gc(cli: &Cli, start: &Path, dry_run: bool, repack: bool, recode: bool, out: &mut dyn Write) -> Result<()> {
     let repo = Repository::open_writer(start)?;
     let repacked = if repack {
         let bars = Bars::new(cli.quiet || cli.json);
-        Some(repo.repack(&bars)?)
+        Some(repo.repack(recode, &bars)?)
     } else {
         None
     };

@@ -80,6 +80,10 @@ pub enum Command {
         /// size), rewriting objects whose base changes; then remove what is no longer needed.
         #[arg(long, conflicts_with = "dry_run")]
         repack: bool,
+        /// With --repack: rewrite every tensor object, not only those whose base changes, so
+        /// that the current storage settings (such as `storage.compression`) apply to all.
+        #[arg(long, requires = "repack")]
+        recode: bool,
     },
     /// Configure hubs: `dlv remote add NAME URL`, `dlv remote list`, `dlv remote remove NAME`.
     #[command(subcommand)]

@@ -237,10 +237,11 @@ impl Repository {
 
 impl Repository {
     /// Re-plans the delta bases of every tensor of the repository and rewrites the objects whose
-    /// base changes; see `docs/STORAGE.md` ("Repacking") for the algorithm. Object ids and
-    /// contents never change, so every version stays readable at every moment; objects that are
-    /// no longer needed as bases are left for `gc`.
-    pub fn repack(&self, progress: &dyn Progress) -> Result<RepackReport> {
+    /// base changes (with `recode`, every tensor object, so that the current storage settings
+    /// such as `compression` apply to all of them); see `docs/STORAGE.md` ("Repacking") for the
+    /// algorithm. Object ids and contents never change, so every version stays readable at
+    /// every moment; objects that are no longer needed as bases are left for `gc`.
+    pub fn repack(&self, recode: bool, progress: &dyn Progress) -> Result<RepackReport> {
         let cfg = StorageConfig::load(self.dot_dir())?;
         let objects = self.objects();
         let mut report = RepackReport::default();
@@ -357,7 +358,7 @@ impl Repository {
                 report.keyframes += 1;
             }
             let current = objects.base_of(v)?;
-            if current.as_deref() != parent {
+            if recode || current.as_deref() != parent {
                 let (lay, len) = layout[*v];
                 self.rewrite(v, lay, len, parent, cfg)?;
                 report.rewritten += 1;
@@ -615,7 +616,7 @@ mod tests {
         // A longer bound, then repack: still bounded, smaller, bit-identical.
         set_config(&dir, "max_chain = 5")?;
         let before: u64 = repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum::<Result<u64>>()?;
-        let report = repo.repack(&NoProgress)?;
+        let report = repo.repack(false, &NoProgress)?;
         assert!(report.longest_chain <= 5);
         repo.gc(false)?;
         let after: u64 = repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum::<Result<u64>>()?;
@@ -633,8 +634,42 @@ mod tests {
         let report = repo.fsck()?;
         assert!(report.problems.iter().any(|p| p.msg.contains("exceeds storage.max_chain")), "{:?}", report.problems);
         set_config(&dir, "max_chain = 1")?;
-        repo.repack(&NoProgress)?;
+        repo.repack(false, &NoProgress)?;
         repo.gc(false)?;
+        assert!(repo.fsck()?.is_ok());
+        for (id, exp) in ids.iter().zip(&expected) {
+            assert_eq!(&tensor_bytes(&repo, id)?, exp);
+        }
+        Ok(())
+    }
+
+    /// Switching an existing repository to `compression = "max"`: a repack re-codes only the
+    /// objects whose base changes, a repack with `recode` every one; the versions stay the same.
+    #[test]
+    fn recoding_applies_a_new_compression_level() -> Result<()> {
+        let (_tmp, dir, repo) = scratch_repo()?;
+        let mut ids = Vec::new();
+        for step in 0..6 {
+            walk_file(&dir, step)?;
+            repo.add(&[dir.join("w.safetensors")])?;
+            let opts = CommitOptions { name: "m".into(), message: format!("step {step}"), author: "t".into(), ..Default::default() };
+            ids.push(repo.commit(&opts, &NoProgress)?.id);
+        }
+        let expected: Vec<Vec<Vec<u8>>> = ids.iter().map(|id| tensor_bytes(&repo, id)).collect::<Result<_>>()?;
+        let total = |repo: &Repository| -> Result<u64> { repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum() };
+        // Settle the plan first (the repack's layout differs from the committed one).
+        repo.repack(false, &NoProgress)?;
+        repo.gc(false)?;
+        let fast = total(&repo)?;
+        set_config(&dir, "compression = \"max\"")?;
+        let report = repo.repack(false, &NoProgress)?;
+        assert_eq!(report.rewritten, 0, "the plan did not change");
+        assert_eq!(total(&repo)?, fast);
+        let report = repo.repack(true, &NoProgress)?;
+        assert_eq!(report.rewritten, report.tensors);
+        repo.gc(false)?;
+        let max = total(&repo)?;
+        assert!(max < fast, "max {max} against fast {fast}");
         assert!(repo.fsck()?.is_ok());
         for (id, exp) in ids.iter().zip(&expected) {
             assert_eq!(&tensor_bytes(&repo, id)?, exp);
@@ -720,7 +755,7 @@ mod tests {
                 }
             }
             assert!(repo.fsck()?.is_ok());
-            repo.repack(&NoProgress)?;
+            repo.repack(false, &NoProgress)?;
             repo.gc(false)?;
             assert!(repo.fsck()?.is_ok());
             for (id, exp) in ids.iter().zip(&expected) {

@@ -88,4 +88,20 @@ fn snapshot_series_is_stored_smaller_and_checks_out_bit_identical() {
     s.ok(&["checkout", "lenet~2", "--to", "after", "--force"]);
     let got = std::fs::read(s.path().join("after/w.safetensors")).expect("checked out");
     assert_eq!(got, safetensors_bytes(&snapshot(300)));
+
+    // The archival level, applied to what is already stored: every object rewritten.
+    let config = s.path().join(".dlv/config.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{text}\n[storage]\ncompression = \"max\"\n")).expect("config written");
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["--json", "gc", "--repack", "--recode"])).expect("json");
+    assert_eq!(v["repack"]["rewritten"], v["repack"]["tensors"], "{v}");
+    s.ok(&["fsck"]);
+    for (k, &step) in steps.iter().enumerate() {
+        let out = format!("max{step}");
+        s.ok(&["checkout", &format!("lenet~{}", steps.len() - 1 - k), "--to", &out]);
+        let got = std::fs::read(s.path().join(&out).join("w.safetensors")).expect("checked out");
+        assert_eq!(got, safetensors_bytes(&snapshot(step)), "snapshot {step} at max");
+    }
+    // --recode only means something with --repack.
+    s.fails(&["gc", "--recode"], 2);
 }
