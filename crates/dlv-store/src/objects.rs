@@ -228,6 +228,7 @@ impl ObjectStore {
             len: 0,
             layout,
             mode,
+            chunks: 0,
             buf: Vec::new(),
             base,
             used_base: false,
@@ -651,6 +652,8 @@ pub struct TensorWriter {
     len: u64,
     layout: TensorLayout,
     mode: Encoding,
+    /// Chunks coded so far.
+    chunks: u64,
     buf: Vec<u8>,
     base: Option<ChunkReader>,
     used_base: bool,
@@ -674,7 +677,9 @@ impl TensorWriter {
             Some(b) => b.next_bytes()?,
             None => None,
         };
-        let enc = codec::encode_chunk(data, base.as_deref(), self.layout, self.mode);
+        let offset = self.chunks * CHUNK_ELEMS;
+        self.chunks += 1;
+        let enc = codec::encode_chunk(data, base.as_deref(), self.layout, self.mode, offset);
         if enc.header.transform != Transform::None {
             self.used_base = true;
         }

@@ -18,7 +18,9 @@
 //! stored bits, value) at about half the speed of byte planes, which is why it is the
 //! `compression = "max"` level and not the default.
 //!
-//! Stream: format (u8, 1), segment length (u32 LE), length of the side information (u32 LE),
+//! Stream: format (u8, 1), segment length (u32 LE), length of the first segment (u32 LE: the
+//! rest of a row that began in the previous chunk, or a whole one), length of the side
+//! information (u32 LE),
 //! the side information as one zstd frame (per segment: its typical `L + exponent` as u16 LE,
 //! 0 for an unchanged segment, then a byte with the main direction in bit 0 and the strength
 //! bucket above it; then a bitmap of the contexts used and, for each, its symbol frequencies as
@@ -47,7 +49,7 @@ const FORMAT: u8 = 1;
 /// A low-rank block, then a stream of [`FORMAT`] against the prediction.
 const FORMAT_LOW_RANK: u8 = 2;
 /// Bytes before the side information.
-const HEAD: usize = 9;
+const HEAD: usize = 13;
 /// zstd level of the side information (a few KB: the level costs little time).
 const META_LEVEL: i32 = 6;
 
@@ -111,6 +113,20 @@ struct Segment {
     strength: u8,
 }
 
+/// The segments of a chunk as slices of `x` (`unit` items per element): the first of `first`
+/// elements (the rest of a row that began in the previous chunk, or a whole row), then `seg`
+/// elements each, the last possibly shorter.
+fn segments<T>(x: &[T], first: usize, seg: usize, unit: usize) -> impl Iterator<Item = &[T]> {
+    let (a, b) = x.split_at((first * unit).min(x.len()));
+    std::iter::once(a).chain(b.chunks(seg * unit))
+}
+
+/// [`segments`] of a mutable slice.
+fn segments_mut<T>(x: &mut [T], first: usize, seg: usize, unit: usize) -> impl Iterator<Item = &mut [T]> {
+    let (a, b) = x.split_at_mut((first * unit).min(x.len()));
+    std::iter::once(a).chain(b.chunks_mut(seg * unit))
+}
+
 #[inline(always)]
 fn load<const W: usize>(bytes: &[u8]) -> u64 {
     let mut a = [0u8; 8];
@@ -118,23 +134,28 @@ fn load<const W: usize>(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Codes `value` against `base` (little-endian elements of `kind`, equal lengths) with segments
-/// of `row` elements (the tensor's rows where known), against `base` itself or, where the
+/// Codes `value` against `base` (little-endian elements of `kind`, equal lengths), a chunk that
+/// starts at element `offset` of its tensor, with segments of `row` elements (the tensor's rows
+/// where known, aligned to the tensor's row boundaries), against `base` itself or, where the
 /// change is of low rank, against its low-rank prediction (see [`super::lowrank`]), whichever
 /// is smaller. `None` when the kind is not supported or the stream would not be smaller than
 /// `budget` bytes (estimated before coding, to within a few bytes).
-pub fn encode(value: &[u8], base: &[u8], kind: FloatKind, row: usize, budget: usize) -> Option<Vec<u8>> {
+pub fn encode(value: &[u8], base: &[u8], kind: FloatKind, row: usize, offset: u64, budget: usize) -> Option<Vec<u8>> {
     let (shape, width) = Shape::of(kind)?;
     if value.len() != base.len() || value.is_empty() || !value.len().is_multiple_of(width) {
         return None;
     }
+    let row = row.max(1);
+    // The elements before the chunk's first row boundary.
+    let phase = (offset % row as u64) as usize;
+    let first = if phase == 0 { row } else { row - phase };
     let body = |against: &[u8], budget: usize| match width {
-        2 => encode_w::<2>(value, against, shape, row, budget),
-        _ => encode_w::<4>(value, against, shape, row, budget),
+        2 => encode_w::<2>(value, against, shape, row, first, budget),
+        _ => encode_w::<4>(value, against, shape, row, first, budget),
     };
     let plain = body(base, budget);
     let limit = plain.as_ref().map_or(budget, |p| p.len().min(budget));
-    let predicted = LowRank::fit(value, base, kind, row).and_then(|lr| {
+    let predicted = LowRank::fit(value, base, kind, row).filter(|_| phase == 0).and_then(|lr| {
         let block = lr.to_bytes()?;
         let rest = body(&lr.predict(base, kind)?, limit.checked_sub(1 + block.len())?)?;
         let mut out = Vec::with_capacity(1 + block.len() + rest.len());
@@ -149,15 +170,15 @@ pub fn encode(value: &[u8], base: &[u8], kind: FloatKind, row: usize, budget: us
     }
 }
 
-fn encode_w<const W: usize>(value: &[u8], base: &[u8], shape: Shape, seg: usize, budget: usize) -> Option<Vec<u8>> {
+fn encode_w<const W: usize>(value: &[u8], base: &[u8], shape: Shape, seg: usize, first: usize, budget: usize) -> Option<Vec<u8>> {
     let n = value.len() / W;
-    let seg = seg.clamp(1, n);
-    let seg32 = u32::try_from(seg).ok()?;
+    let (seg, first) = (seg.max(1), first.clamp(1, n));
+    let (seg32, first32) = (u32::try_from(seg).ok()?, u32::try_from(first).ok()?);
     let sign = 8 * W as u32 - 1;
     // Pass 1: bit lengths and directions, and each segment's statistics.
     let mut lens = vec![0u8; n];
     let mut segs = Vec::with_capacity(n.div_ceil(seg));
-    for ((vc, bc), lc) in value.chunks(seg * W).zip(base.chunks(seg * W)).zip(lens.chunks_mut(seg)) {
+    for ((vc, bc), lc) in segments(value, first, seg, W).zip(segments(base, first, seg, W)).zip(segments_mut(&mut lens, first, seg, 1)) {
         let (mut moved, mut sum, mut up) = (0u64, 0u64, 0u64);
         for ((v, b), l) in vc.chunks_exact(W).zip(bc.chunks_exact(W)).zip(lc.iter_mut()) {
             let (v, b) = (load::<W>(v), load::<W>(b));
@@ -186,10 +207,10 @@ fn encode_w<const W: usize>(value: &[u8], base: &[u8], shape: Shape, seg: usize,
     let mut hist = vec![0u64; shape.contexts() * a];
     // (context, symbol, rANS way): an element's way is its index in its segment modulo WAYS,
     // so the decoder runs each segment in groups of WAYS with the states in registers.
-    let live: usize = segs.iter().zip(lens.chunks(seg)).filter(|(s, _)| s.typical != 0).map(|(_, l)| l.len()).sum();
+    let live: usize = segs.iter().zip(segments(&lens, first, seg, 1)).filter(|(s, _)| s.typical != 0).map(|(_, l)| l.len()).sum();
     let mut coded: Vec<(u16, u8, u8)> = Vec::with_capacity(live);
     let mut raw_bits = 0u64;
-    for ((s, bc), lc) in segs.iter().zip(base.chunks(seg * W)).zip(lens.chunks(seg)) {
+    for ((s, bc), lc) in segs.iter().zip(segments(base, first, seg, W)).zip(segments(&lens, first, seg, 1)) {
         if s.typical == 0 {
             continue;
         }
@@ -268,6 +289,7 @@ fn encode_w<const W: usize>(value: &[u8], base: &[u8], shape: Shape, seg: usize,
     let mut out = Vec::with_capacity(HEAD + meta.len() + 4 * WAYS + 4 + 2 * nwords as usize + raw_bits as usize / 8 + 8);
     out.push(FORMAT);
     out.extend_from_slice(&seg32.to_le_bytes());
+    out.extend_from_slice(&first32.to_le_bytes());
     out.extend_from_slice(&u32::try_from(meta.len()).ok()?.to_le_bytes());
     out.extend_from_slice(&meta);
     for x in states {
@@ -279,7 +301,7 @@ fn encode_w<const W: usize>(value: &[u8], base: &[u8], shape: Shape, seg: usize,
     }
     // The stored bits, in element order.
     let mut bw = BitWriter { out, acc: 0, fill: 0 };
-    for (((vc, bc), lc), s) in value.chunks(seg * W).zip(base.chunks(seg * W)).zip(lens.chunks(seg)).zip(&segs) {
+    for (((vc, bc), lc), s) in segments(value, first, seg, W).zip(segments(base, first, seg, W)).zip(segments(&lens, first, seg, 1)).zip(&segs) {
         if s.typical == 0 {
             continue;
         }
@@ -474,7 +496,7 @@ fn decode_elements<const W: usize, const SHIFT: u32, const EMASK: u64>(
     states: &mut [u32; WAYS],
     data: &[u8],
     base: &[u8],
-    seg: usize,
+    (seg, first): (usize, usize),
     out: &mut [u8],
 ) -> (usize, usize, u32) {
     let mut info = [(0u64, 0u64, 0u32); 128];
@@ -512,7 +534,7 @@ fn decode_elements<const W: usize, const SHIFT: u32, const EMASK: u64>(
         o.copy_from_slice(&v.to_le_bytes()[..W]);
     };
     let [mut x0, mut x1, mut x2, mut x3] = *states;
-    for ((s, bc), oc) in t.segs.iter().zip(base.chunks(seg * W)).zip(out.chunks_mut(seg * W)) {
+    for ((s, bc), oc) in t.segs.iter().zip(segments(base, first, seg, W)).zip(segments_mut(out, first, seg, W)) {
         if s.typical == 0 {
             oc.copy_from_slice(bc);
             continue;
@@ -546,11 +568,12 @@ fn decode_w<const W: usize>(data: &[u8], base: &[u8], shape: Shape, n: usize, ou
         return Err("magnitude stream has an unknown format".into());
     }
     let seg = u32_at(data, 1)? as usize;
-    if seg == 0 || seg > n {
-        return Err(format!("magnitude stream has segments of {seg} elements in a chunk of {n}"));
+    let first = u32_at(data, 5)? as usize;
+    if seg == 0 || first == 0 || first > seg || first > n {
+        return Err(format!("magnitude stream has segments of {first} and {seg} elements in a chunk of {n}"));
     }
-    let nseg = n.div_ceil(seg);
-    let meta_len = u32_at(data, 5)? as usize;
+    let nseg = 1 + (n - first).div_ceil(seg);
+    let meta_len = u32_at(data, 9)? as usize;
     let meta_z = HEAD.checked_add(meta_len).and_then(|end| data.get(HEAD..end)).ok_or("magnitude stream: side information runs past the stream")?;
     let cap = 3 * nseg + shape.contexts().div_ceil(8) + shape.contexts() * shape.alphabet * 2;
     let meta = zstd::bulk::decompress(meta_z, cap).map_err(|e| format!("magnitude side information: {e}"))?;
@@ -571,9 +594,9 @@ fn decode_w<const W: usize>(data: &[u8], base: &[u8], shape: Shape, n: usize, ou
     let words: Vec<u16> = wb.chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]])).collect();
     let bits = BitReader::new(data.get(end..).unwrap_or_default());
     let (pos, bitpos, top) = match (W, shape.shift) {
-        (2, 7) => decode_elements::<W, 7, 0xff>(&t, shape, &words, &mut states, &bits.data, base, seg, out),
-        (2, _) => decode_elements::<W, 10, 0x1f>(&t, shape, &words, &mut states, &bits.data, base, seg, out),
-        _ => decode_elements::<W, 23, 0xff>(&t, shape, &words, &mut states, &bits.data, base, seg, out),
+        (2, 7) => decode_elements::<W, 7, 0xff>(&t, shape, &words, &mut states, &bits.data, base, (seg, first), out),
+        (2, _) => decode_elements::<W, 10, 0x1f>(&t, shape, &words, &mut states, &bits.data, base, (seg, first), out),
+        _ => decode_elements::<W, 23, 0xff>(&t, shape, &words, &mut states, &bits.data, base, (seg, first), out),
     };
     if top as usize >= shape.alphabet {
         return Err("magnitude stream decodes to an impossible element".into());
@@ -628,7 +651,11 @@ mod tests {
     }
 
     fn round_trip(value: &[u8], base: &[u8], kind: FloatKind, seg: usize) -> Result<Option<usize>, String> {
-        let Some(coded) = encode(value, base, kind, seg, usize::MAX) else { return Ok(None) };
+        round_trip_at(value, base, kind, seg, 0)
+    }
+
+    fn round_trip_at(value: &[u8], base: &[u8], kind: FloatKind, seg: usize, offset: u64) -> Result<Option<usize>, String> {
+        let Some(coded) = encode(value, base, kind, seg, offset, usize::MAX) else { return Ok(None) };
         let mut out = vec![0u8; value.len()];
         let width = exponent_field(kind).map_or(4, |f| f.2);
         decode(&coded, base, kind, value.len() / width, &mut out)?;
@@ -642,7 +669,10 @@ mod tests {
             for n in [1usize, 7, 8, 9, 1000, 4099] {
                 let (base, value) = series(kind, n, n as u64 + 3);
                 for seg in [1, 3, 64, 1000, n, n + 5] {
-                    assert!(round_trip(&value, &base, kind, seg)?.is_some());
+                    // Chunks that start anywhere in a row: the first segment is that row's rest.
+                    for offset in [0, 1, seg as u64 - 1, 7 * seg as u64 + 2, 1 << 20] {
+                        assert!(round_trip_at(&value, &base, kind, seg, offset)?.is_some(), "{kind:?} {n} {seg} {offset}");
+                    }
                 }
             }
         }
@@ -665,19 +695,39 @@ mod tests {
         Ok(())
     }
 
+    /// A chunk that starts inside a row: segments follow the tensor's rows (the first is the
+    /// rest of that row), so unchanged rows stay free; segments counted from the chunk's start
+    /// would straddle them.
+    #[test]
+    fn segments_follow_the_tensors_rows_across_chunks() -> Result<(), String> {
+        let (row, n) = (96usize, 96 * 200);
+        let (base, moved) = series(FloatKind::BF16, n + row, 11);
+        // Rows of the tensor alternate: unchanged, moved. The chunk starts 40 elements into row 0.
+        let mut value = base.clone();
+        for r in (1..=200).step_by(2) {
+            value[r * row * 2..(r + 1) * row * 2].copy_from_slice(&moved[r * row * 2..(r + 1) * row * 2]);
+        }
+        let start = 40;
+        let (v, b) = (&value[start * 2..(start + n) * 2], &base[start * 2..(start + n) * 2]);
+        let aligned = round_trip_at(v, b, FloatKind::BF16, row, start as u64)?.unwrap_or(usize::MAX);
+        let straddling = round_trip_at(v, b, FloatKind::BF16, row, 0)?.unwrap_or(0);
+        assert!(aligned * 10 < straddling * 9, "aligned {aligned} against straddling {straddling}");
+        Ok(())
+    }
+
     #[test]
     fn unsupported_inputs_and_budgets_decline() {
         let (base, value) = series(FloatKind::F32, 100, 1);
-        assert!(encode(&value, &base, FloatKind::F64, 10, usize::MAX).is_none());
-        assert!(encode(&value, &base, FloatKind::None, 10, usize::MAX).is_none());
-        assert!(encode(&value, &base[..8], FloatKind::F32, 10, usize::MAX).is_none());
-        assert!(encode(&value, &base, FloatKind::F32, 10, 16).is_none());
+        assert!(encode(&value, &base, FloatKind::F64, 10, 0, usize::MAX).is_none());
+        assert!(encode(&value, &base, FloatKind::None, 10, 0, usize::MAX).is_none());
+        assert!(encode(&value, &base[..8], FloatKind::F32, 10, 0, usize::MAX).is_none());
+        assert!(encode(&value, &base, FloatKind::F32, 10, 0, 16).is_none());
     }
 
     #[test]
     fn corrupt_streams_are_errors() {
         let (base, value) = series(FloatKind::BF16, 3000, 5);
-        let coded = encode(&value, &base, FloatKind::BF16, 100, usize::MAX).unwrap_or_default();
+        let coded = encode(&value, &base, FloatKind::BF16, 100, 0, usize::MAX).unwrap_or_default();
         assert!(!coded.is_empty());
         let mut out = vec![0u8; value.len()];
         for cut in 0..coded.len() {
@@ -698,7 +748,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_bit_patterns_round_trip(pairs in proptest::collection::vec((any::<u32>(), any::<u32>(), 0u8..4), 1..600), seg in 1usize..70, wide in any::<bool>()) {
+        fn any_bit_patterns_round_trip(pairs in proptest::collection::vec((any::<u32>(), any::<u32>(), 0u8..4), 1..600), seg in 1usize..70, offset in 0u64..1000, wide in any::<bool>()) {
             let kind = if wide { FloatKind::F32 } else { FloatKind::BF16 };
             let (mut base, mut value) = (Vec::new(), Vec::new());
             for &(a, b, how) in &pairs {
@@ -711,7 +761,7 @@ mod tests {
                     value.extend_from_slice(&(v as u16).to_le_bytes());
                 }
             }
-            let coded = encode(&value, &base, kind, seg, usize::MAX);
+            let coded = encode(&value, &base, kind, seg, offset, usize::MAX);
             prop_assert!(coded.is_some());
             let mut out = vec![0u8; value.len()];
             decode(&coded.unwrap_or_default(), &base, kind, pairs.len(), &mut out).map_err(TestCaseError::fail)?;

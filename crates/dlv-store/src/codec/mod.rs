@@ -370,13 +370,15 @@ impl EncodedChunk {
 /// Encodes one chunk of `layout`-shaped elements (`value` as planes), choosing the transform by
 /// the order-0 entropy of the residual planes (a fast, accurate proxy of the coded size) and
 /// each plane's coder by the size it actually codes to. Planes are coded in parallel.
-pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc: Encoding) -> EncodedChunk {
+/// The chunk starts at element `offset` of its tensor: the magnitude coder aligns its segments
+/// to the tensor's rows.
+pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc: Encoding, offset: u64) -> EncodedChunk {
     let magnitude_allowed = matches!(enc.delta, DeltaMode::Auto | DeltaMode::Int) && enc.compression == Compression::Max;
     let fits = magnitude::supports(layout.float) && magnitude::width_of(layout.float) == layout.width;
     let Some(base) = base.filter(|b| magnitude_allowed && fits && b.len() == value.len()) else {
         return encode_planes(value, base, layout, enc.delta);
     };
-    let Some(m) = encode_magnitude(value, base, layout) else { return encode_planes(value, Some(base), layout, enc.delta) };
+    let Some(m) = encode_magnitude(value, base, layout, offset) else { return encode_planes(value, Some(base), layout, enc.delta) };
     // Byte planes are coded too unless their estimate (order-0, sampled) is clearly larger:
     // coding both is most of the encoder's time at this level.
     let transforms = match enc.delta {
@@ -403,9 +405,9 @@ const DEFAULT_SEGMENT: usize = 1024;
 const PLANES_SKIP: f64 = 0.9;
 
 /// The chunk as a magnitude stream.
-fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout) -> Option<EncodedChunk> {
-    let row = if layout.row > 0 { layout.row } else { DEFAULT_SEGMENT };
-    let coded = magnitude::encode(value, base, layout.float, row, usize::MAX)?;
+fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Option<EncodedChunk> {
+    let (row, offset) = if layout.row > 0 { (layout.row, offset) } else { (DEFAULT_SEGMENT, 0) };
+    let coded = magnitude::encode(value, base, layout.float, row, offset, usize::MAX)?;
     let mut stream = Vec::with_capacity(1 + coded.len());
     stream.push(layout.float as u8);
     stream.extend_from_slice(&coded);
@@ -1176,7 +1178,7 @@ pub fn encode_tensor(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, en
         .chunks(cb)
         .enumerate()
         .map(|(i, v)| {
-            encode_chunk(v, base.map(|b| &b[i * cb..i * cb + v.len()]), layout, enc)
+            encode_chunk(v, base.map(|b| &b[i * cb..i * cb + v.len()]), layout, enc, i as u64 * CHUNK_ELEMS)
         })
         .collect();
     EncodedTensor { layout, chunks, hash: blake3::hash(value) }

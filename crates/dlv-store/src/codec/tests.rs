@@ -9,7 +9,7 @@ use crate::testrand::XorShift;
 fn roundtrip(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: impl Into<Encoding>) -> Result<EncodedChunk, String> {
     let w = layout.width;
     let bp = base.map(|b| split(b, w));
-    let enc = encode_chunk(value, base, layout, mode.into());
+    let enc = encode_chunk(value, base, layout, mode.into(), 0);
     let header = ChunkHeader::parse(&enc.header.to_bytes(), w)?;
     assert_eq!(header, enc.header);
     // Full decode.
@@ -210,7 +210,7 @@ fn corrupt_streams_of_masked_chunks_are_named() -> Result<(), String> {
 #[test]
 fn corrupt_headers_are_refused() {
     let layout = TensorLayout { width: 4, float: FloatKind::F32, row: 0 };
-    let enc = encode_chunk(&special_f32(), None, layout, DeltaMode::Auto.into());
+    let enc = encode_chunk(&special_f32(), None, layout, DeltaMode::Auto.into(), 0);
     let bytes = enc.header.to_bytes();
     for i in 0..bytes.len() {
         let mut b = bytes.clone();
@@ -294,8 +294,8 @@ fn unaligned_input_codes_the_same() -> Result<(), String> {
         };
         let (sv, sb) = (shifted(&value), shifted(&base));
         for b in [None, Some(base.as_slice())] {
-            let aligned = encode_chunk(&value, b, layout, DeltaMode::Auto.into());
-            let odd = encode_chunk(&sv[1..], b.map(|_| &sb[1..]), layout, DeltaMode::Auto.into());
+            let aligned = encode_chunk(&value, b, layout, DeltaMode::Auto.into(), 0);
+            let odd = encode_chunk(&sv[1..], b.map(|_| &sb[1..]), layout, DeltaMode::Auto.into(), 0);
             assert_eq!(aligned.header, odd.header, "{dtype:?}");
             assert_eq!(aligned.streams, odd.streams, "{dtype:?}");
             roundtrip(&sv[1..], b.map(|_| &sb[1..]), layout, DeltaMode::Auto)?;
