@@ -448,3 +448,18 @@ fn storage_settings_are_read_and_bad_ones_named() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A tensor of more than one chunk whose rows do not divide the chunk size, at the archival
+/// level: every chunk round-trips, the later ones starting inside a row.
+#[test]
+fn max_compression_tensors_span_chunks_with_rows_across_them() -> Result<(), String> {
+    let cols = 768;
+    let rows = (CHUNK_ELEMS as usize + 5000).div_ceil(cols);
+    let (base, next) = layer_step(FloatKind::BF16, rows, cols, 0);
+    let layout = TensorLayout { width: 2, float: FloatKind::BF16, row: cols };
+    let enc = encode_tensor(&next, Some(&base), layout, MAX);
+    assert_eq!(enc.chunks.len(), 2);
+    assert!(enc.chunks.iter().all(|c| c.header.transform == Transform::Magnitude));
+    assert_eq!(decode_tensor(&enc, Some(&base))?, next);
+    Ok(())
+}
