@@ -565,9 +565,29 @@ mod tests {
 
     fn commit(repo: &Repository, dir: &Path, step: u32) -> Result<String> {
         weights_file(dir, "w.safetensors", step, 0)?;
+        commit_staged(repo, dir, &format!("step {step}"))
+    }
+
+    /// Stages `w.safetensors` and commits it as a version of `m`.
+    fn commit_staged(repo: &Repository, dir: &Path, message: &str) -> Result<String> {
         repo.add(&[dir.join("w.safetensors")])?;
-        let opts = CommitOptions { name: "m".into(), message: format!("step {step}"), author: "t".into(), ..Default::default() };
+        let opts = CommitOptions { name: "m".into(), message: message.into(), author: "t".into(), ..Default::default() };
         Ok(repo.commit(&opts, &NoProgress)?.id)
+    }
+
+    /// Commits [`walk_file`] after 0, 1, … `steps - 1` steps.
+    fn commit_walk(repo: &Repository, dir: &Path, steps: u32) -> Result<Vec<String>> {
+        (0..steps)
+            .map(|step| {
+                walk_file(dir, step)?;
+                commit_staged(repo, dir, &format!("step {step}"))
+            })
+            .collect()
+    }
+
+    /// Stored bytes of every object.
+    fn stored_total(repo: &Repository) -> Result<u64> {
+        repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum()
     }
 
     fn set_config(dir: &Path, storage: &str) -> Result<()> {
@@ -615,11 +635,11 @@ mod tests {
 
         // A longer bound, then repack: still bounded, smaller, bit-identical.
         set_config(&dir, "max_chain = 5")?;
-        let before: u64 = repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum::<Result<u64>>()?;
+        let before = stored_total(&repo)?;
         let report = repo.repack(false, &NoProgress)?;
         assert!(report.longest_chain <= 5);
         repo.gc(false)?;
-        let after: u64 = repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum::<Result<u64>>()?;
+        let after = stored_total(&repo)?;
         assert!(after <= before + before / 50, "{after} vs {before}");
         for (id, exp) in ids.iter().zip(&expected) {
             assert_eq!(&tensor_bytes(&repo, id)?, exp);
@@ -648,27 +668,20 @@ mod tests {
     #[test]
     fn recoding_applies_a_new_compression_level() -> Result<()> {
         let (_tmp, dir, repo) = scratch_repo()?;
-        let mut ids = Vec::new();
-        for step in 0..6 {
-            walk_file(&dir, step)?;
-            repo.add(&[dir.join("w.safetensors")])?;
-            let opts = CommitOptions { name: "m".into(), message: format!("step {step}"), author: "t".into(), ..Default::default() };
-            ids.push(repo.commit(&opts, &NoProgress)?.id);
-        }
+        let ids = commit_walk(&repo, &dir, 6)?;
         let expected: Vec<Vec<Vec<u8>>> = ids.iter().map(|id| tensor_bytes(&repo, id)).collect::<Result<_>>()?;
-        let total = |repo: &Repository| -> Result<u64> { repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum() };
         // Settle the plan first (the repack's layout differs from the committed one).
         repo.repack(false, &NoProgress)?;
         repo.gc(false)?;
-        let fast = total(&repo)?;
+        let fast = stored_total(&repo)?;
         set_config(&dir, "compression = \"max\"")?;
         let report = repo.repack(false, &NoProgress)?;
         assert_eq!(report.rewritten, 0, "the plan did not change");
-        assert_eq!(total(&repo)?, fast);
+        assert_eq!(stored_total(&repo)?, fast);
         let report = repo.repack(true, &NoProgress)?;
         assert_eq!(report.rewritten, report.tensors);
         repo.gc(false)?;
-        let max = total(&repo)?;
+        let max = stored_total(&repo)?;
         assert!(max < fast, "max {max} against fast {fast}");
         assert!(repo.fsck()?.is_ok());
         for (id, exp) in ids.iter().zip(&expected) {
@@ -713,9 +726,7 @@ mod tests {
         let mut ids = Vec::new();
         for (k, tensors) in steps.iter().enumerate() {
             named_file(&dir, tensors)?;
-            repo.add(&[dir.join("w.safetensors")])?;
-            let opts = CommitOptions { name: "m".into(), message: format!("step {k}"), author: "t".into(), ..Default::default() };
-            ids.push(repo.commit(&opts, &NoProgress)?.id);
+            ids.push(commit_staged(&repo, &dir, &format!("step {k}"))?);
             for id in &ids {
                 for t in repo.get(id)?.tensors {
                     let d = repo.objects().chain_len(&t.object)?;
@@ -736,15 +747,8 @@ mod tests {
         for compression in ["fast", "max"] {
             let (_tmp, dir, repo) = scratch_repo()?;
             set_config(&dir, &format!("max_chain = 4\ncompression = \"{compression}\""))?;
-            let mut ids = Vec::new();
-            for step in 0..6 {
-                walk_file(&dir, step)?;
-                repo.add(&[dir.join("w.safetensors")])?;
-                let opts = CommitOptions { name: "m".into(), message: format!("step {step}"), author: "t".into(), ..Default::default() };
-                ids.push(repo.commit(&opts, &NoProgress)?.id);
-            }
-            let total = |repo: &Repository| -> Result<u64> { repo.objects().list()?.iter().map(|o| repo.objects().stored_size(o)).sum() };
-            sizes.push(total(&repo)?);
+            let ids = commit_walk(&repo, &dir, 6)?;
+            sizes.push(stored_total(&repo)?);
             let expected: Vec<Vec<Vec<u8>>> = ids.iter().map(|id| tensor_bytes(&repo, id)).collect::<Result<_>>()?;
             for (id, exp) in ids.iter().zip(&expected) {
                 for (t, bytes) in repo.get(id)?.tensors.iter().zip(exp) {

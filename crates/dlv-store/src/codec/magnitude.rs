@@ -30,7 +30,7 @@
 //! significant bit first.
 
 use super::lowrank::LowRank;
-use super::{rans, FloatKind};
+use super::{load, rans, FloatKind};
 
 /// Frequencies sum to `2^SCALE_BITS`: a decoding table per context is 1024 u32 entries, so the
 /// few dozen contexts a chunk uses stay in the L2 cache and are built in microseconds.
@@ -98,10 +98,17 @@ impl Shape {
 
     #[inline(always)]
     fn context(&self, typical: u16, strength: u8, base: u64) -> usize {
-        let e = ((base >> self.shift) & self.emask) as i64;
-        let mc = (typical as i64 - e + MC_OFF).clamp(0, self.mc as i64 - 1) as usize;
+        let mc = magnitude_context(typical as i64 + MC_OFF, (base >> self.shift) & self.emask, self.mc as i64 - 1);
         strength as usize * self.mc + mc
     }
+}
+
+/// The magnitude context of an element: `tp` is its segment's typical `L + exponent` plus
+/// [`MC_OFF`], so the context is its expected bit length (plus the offset), clamped to
+/// `0..=last`. One definition for the encoder and the decoder's inner loop.
+#[inline(always)]
+fn magnitude_context(tp: i64, exponent: u64, last: i64) -> usize {
+    (tp - exponent as i64).clamp(0, last) as usize
 }
 
 /// One segment's side information; `typical == 0` marks a segment where nothing moved.
@@ -125,13 +132,6 @@ fn segments<T>(x: &[T], first: usize, seg: usize, unit: usize) -> impl Iterator<
 fn segments_mut<T>(x: &mut [T], first: usize, seg: usize, unit: usize) -> impl Iterator<Item = &mut [T]> {
     let (a, b) = x.split_at_mut((first * unit).min(x.len()));
     std::iter::once(a).chain(b.chunks_mut(seg * unit))
-}
-
-#[inline(always)]
-fn load<const W: usize>(bytes: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a[..W].copy_from_slice(&bytes[..W]);
-    u64::from_le_bytes(a)
 }
 
 /// Codes `value` against `base` (little-endian elements of `kind`, equal lengths), a chunk that
@@ -512,7 +512,7 @@ fn decode_elements<const W: usize, const SHIFT: u32, const EMASK: u64>(
     // typical `L + exponent` shifted so that the context is `clamp(tp - exponent)`.
     let mut step = |x: &mut u32, row: &[u16; MC_MAX], tp: i64, main: u64, b: &[u8], o: &mut [u8]| {
         let b = load::<W>(b);
-        let mc = (tp - ((b >> SHIFT) & EMASK) as i64).clamp(0, last) as usize;
+        let mc = magnitude_context(tp, (b >> SHIFT) & EMASK, last);
         let e = tables.get(row[mc.min(MC_MAX - 1)] as usize).map_or(POISON, |tb| tb[(*x & (TOTAL - 1)) as usize]);
         *x = ((e >> 7) & 0x7ff) * (*x >> SCALE_BITS) + (e >> 18);
         let need = *x < LOW;

@@ -375,21 +375,17 @@ impl EncodedChunk {
 pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc: Encoding, offset: u64) -> EncodedChunk {
     let magnitude_allowed = matches!(enc.delta, DeltaMode::Auto | DeltaMode::Int) && enc.compression == Compression::Max;
     let fits = magnitude::supports(layout.float) && magnitude::width_of(layout.float) == layout.width;
+    let (best, bits) = plane_candidate(value, base, layout, enc.delta);
     let Some(base) = base.filter(|b| magnitude_allowed && fits && b.len() == value.len()) else {
-        return encode_planes(value, base, layout, enc.delta);
+        return encode_planes(value, base, layout, best);
     };
-    let Some(m) = encode_magnitude(value, base, layout, offset) else { return encode_planes(value, Some(base), layout, enc.delta) };
+    let Some(m) = encode_magnitude(value, base, layout, offset) else { return encode_planes(value, Some(base), layout, best) };
     // Byte planes are coded too unless their estimate (order-0, sampled) is clearly larger:
     // coding both is most of the encoder's time at this level.
-    let transforms = match enc.delta {
-        DeltaMode::Int => vec![Transform::Sub],
-        _ => vec![Transform::Xor, Transform::Sub],
-    };
-    let (_, bits) = best_candidate_bytes(value, Some(base), layout, &transforms);
     if (m.stored_len() as f64) < PLANES_SKIP * bits / 8.0 {
         return m;
     }
-    let planes = encode_planes(value, Some(base), layout, enc.delta);
+    let planes = encode_planes(value, Some(base), layout, best);
     if m.stored_len() < planes.stored_len() {
         m
     } else {
@@ -417,14 +413,13 @@ fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64
     Some(EncodedChunk { header, streams: vec![stream] })
 }
 
-/// [`encode_chunk`] with byte planes only.
-fn encode_planes(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode) -> EncodedChunk {
+/// The byte-plane candidate (transform, rotation) a chunk is coded with under `mode`, and the
+/// order-0 estimate of its planes in bits.
+fn plane_candidate(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode) -> ((Transform, bool), f64) {
     let width = layout.width.clamp(1, 8);
-    let n = value.len() / width;
-    let value = &value[..n * width];
-    let base = base.filter(|b| b.len() == value.len());
+    let value = &value[..value.len() / width * width];
     let mut transforms = vec![Transform::None];
-    if base.is_some() {
+    if base.is_some_and(|b| b.len() == value.len()) {
         match mode {
             DeltaMode::Auto => transforms.extend([Transform::Xor, Transform::Sub]),
             DeltaMode::Xor => transforms.push(Transform::Xor),
@@ -432,7 +427,15 @@ fn encode_planes(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: 
             DeltaMode::Off => {}
         }
     }
-    let (best, _) = best_candidate_bytes(value, base, layout, &transforms);
+    best_candidate_bytes(value, base.filter(|b| b.len() == value.len()), layout, &transforms)
+}
+
+/// [`encode_chunk`] with byte planes only, as the candidate `best` (see [`plane_candidate`]).
+fn encode_planes(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, best: (Transform, bool)) -> EncodedChunk {
+    let width = layout.width.clamp(1, 8);
+    let n = value.len() / width;
+    let value = &value[..n * width];
+    let base = base.filter(|b| b.len() == value.len());
     let (planes, mask) = match width {
         2 => residual_planes::<2>(value, base, best.0, best.1),
         4 => residual_planes::<4>(value, base, best.0, best.1),
@@ -906,6 +909,7 @@ fn decode_magnitude(stream: &[u8], base: &[u8], width: usize, n: usize, dst: &mu
     magnitude::decode(coded, base, kind, n, dst)
 }
 
+/// The little-endian word of the first `W` bytes (shared with [`magnitude`]).
 #[inline(always)]
 fn load<const W: usize>(bytes: &[u8]) -> u64 {
     let mut a = [0u8; 8];
