@@ -53,6 +53,12 @@ fn bits_of(kind: FloatKind, f: f32) -> u64 {
     }
 }
 
+/// Whether a chunk of `n` elements in rows of `row` has the shape a prediction is fitted to
+/// (enough elements, a narrow side of at most [`MAX_SIDE`]).
+fn may_apply(row: usize, n: usize) -> bool {
+    n >= MIN_ELEMS && row >= 2 && n.is_multiple_of(row) && (2..=MAX_SIDE).contains(&(n / row).min(row))
+}
+
 fn width_of(kind: FloatKind) -> Option<usize> {
     match kind {
         FloatKind::BF16 => Some(2),
@@ -151,14 +157,11 @@ impl LowRank {
     pub fn fit(value: &[u8], base: &[u8], kind: FloatKind, row: usize) -> Option<LowRank> {
         let width = width_of(kind)?;
         let n = value.len() / width;
-        if n < MIN_ELEMS || base.len() != value.len() || row < 2 || !n.is_multiple_of(row) {
+        if base.len() != value.len() || !may_apply(row, n) {
             return None;
         }
         let (rows, cols) = (n / row, row);
         let s = rows.min(cols);
-        if !(2..=MAX_SIDE).contains(&s) {
-            return None;
-        }
         let d: Vec<f64> = words(value, width)
             .zip(words(base, width))
             .map(|(v, b)| {
@@ -265,22 +268,25 @@ impl LowRank {
             return Some(base.to_vec());
         }
         const ONE: f64 = 32768.0;
-        let q: Vec<i64> = self.scales.iter().map(|&s| if normal(s) { (s as f64 / top as f64 * ONE).round() as i64 } else { 0 }).collect();
+        let q: Vec<f64> = self.scales.iter().map(|&s| if normal(s) { (s as f64 / top as f64 * ONE).round() } else { 0.0 }).collect();
         let unit = top as f64 / ONE;
-        let vq: Vec<i64> = self.v.iter().map(|&x| x as i64).collect();
+        // The sums are of integers: |q| <= 2^15, the factors are i8 and there are at most
+        // MAX_RANK terms, so every partial sum is an integer below 2^34 and f64 arithmetic on
+        // them is exact, in any order and on any machine. f64 vectorises; i64 products do not.
+        let vq: Vec<f64> = self.v.iter().map(|&x| x as f64).collect();
         let mut out = Vec::with_capacity(base.len());
-        let mut acc = vec![0i64; cols];
+        let mut acc = vec![0f64; cols];
         for (i, brow) in base.chunks_exact(cols * width).enumerate() {
-            acc.iter_mut().for_each(|a| *a = 0);
+            acc.iter_mut().for_each(|a| *a = 0.0);
             for c in 0..k {
-                let coef = q[c] * self.u[i * k + c] as i64;
+                let coef = q[c] * self.u[i * k + c] as f64;
                 for (a, &x) in acc.iter_mut().zip(&vq[c * cols..c * cols + cols]) {
                     *a += coef * x;
                 }
             }
             for (b, &p) in words(brow, width).zip(&acc) {
                 let bf = value_of(kind, b);
-                let f = bf as f64 + p as f64 * unit;
+                let f = bf as f64 + p * unit;
                 let ok = normal(bf) && f.abs() >= f32::MIN_POSITIVE as f64 && f.abs() <= f32::MAX as f64;
                 let w = if ok { bits_of(kind, f as f32) } else { b };
                 out.extend_from_slice(&w.to_le_bytes()[..width]);

@@ -7,6 +7,7 @@
 //! the streams follow in the same order, so a reader wanting only the high planes seeks past the
 //! rest. See `docs/STORAGE.md` for the byte layout.
 
+mod classes;
 pub mod entropy;
 pub mod lowrank;
 pub mod magnitude;
@@ -100,9 +101,9 @@ pub enum Compression {
     /// Byte planes with a stream coder per plane: the fastest to decode.
     #[default]
     Fast,
-    /// Byte planes, and for deltas of 2- and 4-byte floats also the magnitude coder (contexts
-    /// from the base and the row, low-rank prediction), kept where it is smaller. Smaller
-    /// series (bf16 6.1x against 5.5x in the benchmark), slower to code and to decode.
+    /// Byte planes, and for deltas of 2- and 4-byte floats also the magnitude coder's two
+    /// formats (contexts from the base and the row, low-rank prediction), kept where smaller.
+    /// Smaller series (bf16 6.1x against 5.5x in the benchmark), slower to code and to decode.
     Max,
 }
 
@@ -379,7 +380,16 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc
     let Some(base) = base.filter(|b| magnitude_allowed && fits && b.len() == value.len()) else {
         return encode_planes(value, base, layout, best);
     };
-    let Some(m) = encode_magnitude(value, base, layout, offset) else { return encode_planes(value, Some(base), layout, best) };
+    let classes = encode_magnitude(value, base, layout, offset, magnitude::Format::Classes);
+    let symbols = encode_magnitude(value, base, layout, offset, magnitude::Format::Symbols);
+    // Class planes decode faster than symbols (twice as fast on the benchmark's later deltas):
+    // they are kept unless symbols are smaller by more than CLASSES_SLACK.
+    let m = match (classes, symbols) {
+        (Some(c), Some(s)) if s.stored_len() as f64 * CLASSES_SLACK < c.stored_len() as f64 => s,
+        (Some(c), _) => c,
+        (None, Some(s)) => s,
+        (None, None) => return encode_planes(value, Some(base), layout, best),
+    };
     // Byte planes are coded too unless their estimate (order-0, sampled) is clearly larger:
     // coding both is most of the encoder's time at this level.
     if (m.stored_len() as f64) < PLANES_SKIP * bits / 8.0 {
@@ -393,17 +403,20 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc
     }
 }
 
+/// At [`Compression::Max`], class planes are kept unless symbols are smaller by more than
+/// this factor.
+const CLASSES_SLACK: f64 = 1.01;
 /// Segments of the magnitude coder where the row length is not known.
 const DEFAULT_SEGMENT: usize = 1024;
-/// At [`Compression::Max`], byte planes are not coded when the magnitude stream is under this
-/// fraction of their order-0 estimate. In the benchmark's series the byte planes won only where
-/// the magnitude stream was at least 0.955 (fp32) or 1.13 (bf16) of that estimate.
+/// Byte planes are not coded when the magnitude stream is under this fraction of their
+/// order-0 estimate. In the benchmark's series the byte planes won only where the magnitude
+/// stream was at least 0.955 (fp32) or 1.13 (bf16) of that estimate.
 const PLANES_SKIP: f64 = 0.9;
 
-/// The chunk as a magnitude stream.
-fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Option<EncodedChunk> {
+/// The chunk as a magnitude stream of `format`.
+fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64, format: magnitude::Format) -> Option<EncodedChunk> {
     let (row, offset) = if layout.row > 0 { (layout.row, offset) } else { (DEFAULT_SEGMENT, 0) };
-    let coded = magnitude::encode(value, base, layout.float, row, offset, usize::MAX)?;
+    let coded = magnitude::encode(value, base, layout.float, row, offset, usize::MAX, format)?;
     let mut stream = Vec::with_capacity(1 + coded.len());
     stream.push(layout.float as u8);
     stream.extend_from_slice(&coded);

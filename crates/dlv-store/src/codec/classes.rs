@@ -1,0 +1,550 @@
+//! Class planes: format 3 of the magnitude stream (see [`super::magnitude`]), tried by the
+//! `compression = "max"` level beside the symbols of format 1.
+//!
+//! The magnitude coder's model, at byte-plane speed. An element's delta is predictable from
+//! what the decoder already knows: its base's exponent against its row's typical
+//! `bit length + exponent` (the same update is more units in the last place for a small
+//! weight), and its row's main direction. Here that context picks one of [`CLASSES`] classes
+//! per element, and each class is coded as byte planes of its own, each plane one order-0
+//! stream ([`super::stream`]):
+//! - the class's changed flags, one bit per element of the moved rows, LSB first;
+//! - the changed elements' deltas, as byte planes (low byte first) of the zigzag of
+//!   `value - base` (wrapping, in the element's width) turned so that a move in the row's main
+//!   direction is positive.
+//!
+//! So the rANS tables are few and fit the L1 cache, and no per-element step depends on the
+//! one before: the decoder spends a few instructions per element on the classes and flags
+//! (SSE2 and BMI2 where the processor has them) and byte-plane work on the changed ones.
+//!
+//! Stream: format (u8, 3), segment length (u32 LE), length of the first segment (u32 LE), length
+//! of the side information (u32 LE), the side information as one zstd frame (per segment: its
+//! typical `L + exponent` as u16 LE, 0 for an unchanged segment, then its main direction as a
+//! byte, 0 or 1), then per class: its element count (u32 LE), its flags stream, then one
+//! stream per byte plane of its changed elements, low byte first; each stream is a coder id
+//! (u8), a length (u32 LE) and the bytes.
+
+use rayon::prelude::*;
+
+use super::load;
+use super::magnitude::{magnitude_context, segments, segments_mut, Shape, MC_OFF};
+use super::stream::{self, Coder};
+
+pub const FORMAT: u8 = 3;
+/// Classes: an element's class is the number of these magnitude contexts at or below its own
+/// (context: expected bit length of its delta plus [`MC_OFF`]). In the benchmark's bf16 series
+/// the share of changed elements climbs from 1% at context 0 to 92% at context 8, and the
+/// deltas grow with the context; eight classes code the series within 2% of one class per
+/// context.
+const CLASS_AT: [usize; CLASSES - 1] = [2, 3, 4, 5, 6, 7, 9];
+const CLASSES: usize = 8;
+/// Bytes before the side information.
+const HEAD: usize = 13;
+const META_LEVEL: i32 = 6;
+
+/// The class of magnitude context `mc`.
+#[inline(always)]
+fn class_of(mc: usize) -> usize {
+    CLASS_AT.iter().filter(|&&t| mc >= t).count()
+}
+
+/// One segment: its typical `L + exponent` (0: nothing moved) and main direction (1: up).
+#[derive(Clone, Copy, Default)]
+struct Segment {
+    typical: u16,
+    main: u8,
+}
+
+/// Codes `value` against `base` (little-endian `W`-byte elements of the float kind `shape`
+/// describes, equal lengths) with segments of `seg` elements after a first one of `first`.
+pub(super) fn encode_w<const W: usize>(value: &[u8], base: &[u8], shape: Shape, (seg, first): (usize, usize)) -> Option<Vec<u8>> {
+    let n = value.len() / W;
+    if n == 0 || value.len() != base.len() {
+        return None;
+    }
+    let (seg, first) = (seg.max(1), first.clamp(1, n));
+    let sign = 8 * W as u32 - 1;
+    let wmask = if W == 8 { u64::MAX } else { (1u64 << (8 * W)) - 1 };
+    // Each segment's statistics.
+    let mut segs = Vec::with_capacity(n.div_ceil(seg) + 1);
+    for (vc, bc) in segments(value, first, seg, W).zip(segments(base, first, seg, W)) {
+        let (mut moved, mut sum, mut up) = (0u64, 0u64, 0u64);
+        for (v, b) in vc.chunks_exact(W).zip(bc.chunks_exact(W)) {
+            let (v, b) = (load::<W>(v), load::<W>(b));
+            let d = v as i64 - b as i64;
+            let len = 64 - d.unsigned_abs().leading_zeros();
+            let m = (len > 0) as u64;
+            moved += m;
+            sum += m * (len as u64 + ((b >> shape.shift) & shape.emask));
+            up += m & (((d < 0) as u64 ^ (b >> sign)) & 1 ^ 1);
+        }
+        segs.push(match (sum + moved / 2).checked_div(moved) {
+            None => Segment::default(),
+            Some(t) => Segment { typical: t.clamp(1, u16::MAX as u64) as u16, main: u8::from(up * 2 > moved) },
+        });
+    }
+    // Per class: the flags, and the changed elements' turned zigzag deltas as planes.
+    let mut flags: [Vec<u8>; CLASSES] = Default::default();
+    let mut planes: Vec<Vec<Vec<u8>>> = vec![vec![Vec::new(); W]; CLASSES];
+    let last = shape.mc as i64 - 1;
+    for ((s, vc), bc) in segs.iter().zip(segments(value, first, seg, W)).zip(segments(base, first, seg, W)) {
+        if s.typical == 0 {
+            continue;
+        }
+        let tp = s.typical as i64 + MC_OFF;
+        for (v, b) in vc.chunks_exact(W).zip(bc.chunks_exact(W)) {
+            let (v, b) = (load::<W>(v), load::<W>(b));
+            let c = class_of(magnitude_context(tp, (b >> shape.shift) & shape.emask, last));
+            flags[c].push((v != b) as u8);
+            if v != b {
+                let z = turn::<W>(v.wrapping_sub(b) & wmask, b, s.main);
+                for (p, plane) in planes[c].iter_mut().enumerate() {
+                    plane.push((z >> (8 * p)) as u8);
+                }
+            }
+        }
+    }
+    let mut side = Vec::with_capacity(3 * segs.len());
+    for s in &segs {
+        side.extend_from_slice(&s.typical.to_le_bytes());
+        side.push(s.main);
+    }
+    let side = zstd::bulk::compress(&side, META_LEVEL).ok()?;
+    // Every stream of every class, coded in parallel.
+    let packed: Vec<Vec<u8>> = flags.iter().map(|f| f.chunks(8).map(|c| c.iter().enumerate().fold(0u8, |a, (i, &x)| a | x << i)).collect()).collect();
+    let sources: Vec<&[u8]> = (0..CLASSES).flat_map(|c| std::iter::once(packed[c].as_slice()).chain(planes[c].iter().map(Vec::as_slice))).collect();
+    let coded: Vec<(Coder, Vec<u8>)> = sources.par_iter().map(|s| stream::encode(s)).collect();
+    let mut out = Vec::with_capacity(HEAD + side.len() + coded.iter().map(|c| c.1.len() + 9).sum::<usize>());
+    out.push(FORMAT);
+    out.extend_from_slice(&u32::try_from(seg).ok()?.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(first).ok()?.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(side.len()).ok()?.to_le_bytes());
+    out.extend_from_slice(&side);
+    for (c, group) in coded.chunks(W + 1).enumerate() {
+        out.extend_from_slice(&u32::try_from(flags[c].len()).ok()?.to_le_bytes());
+        for (coder, bytes) in group {
+            out.push(*coder as u8);
+            out.extend_from_slice(&u32::try_from(bytes.len()).ok()?.to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+    Some(out)
+}
+
+/// The zigzag of the wrapping delta `d` (in `W` bytes), negated first unless the element moved
+/// its value in its segment's `main` direction, so that those are the even codes.
+#[inline(always)]
+fn turn<const W: usize>(d: u64, b: u64, main: u8) -> u64 {
+    let bits = 8 * W as u32;
+    let flip = ((b >> (bits - 1)) as u8 ^ main ^ 1) & 1;
+    let d = if flip == 1 { d.wrapping_neg() } else { d };
+    // Sign-extend from `bits`, then zigzag within `bits`.
+    let s = ((d << (64 - bits)) as i64) >> (64 - bits);
+    let z = ((s << 1) ^ (s >> 63)) as u64;
+    if bits == 64 {
+        z
+    } else {
+        z & ((1u64 << bits) - 1)
+    }
+}
+
+/// Inverse of [`turn`]: the wrapping delta (in `W` bytes) of zigzag code `z`.
+#[inline(always)]
+fn unturn<const W: usize>(z: u64, b: u64, main: u64) -> u64 {
+    let bits = 8 * W as u32;
+    let flip = ((b >> (bits - 1)) ^ main ^ 1) & 1;
+    let d = (z >> 1) ^ 0u64.wrapping_sub(z & 1);
+    // Negating is the same as `(flip ? -d : d)`, branch-free: (d ^ -flip) + flip.
+    (d ^ 0u64.wrapping_sub(flip)).wrapping_add(flip)
+}
+
+/// A class's flags as read (padded so that any 16-byte read before the end succeeds), how many
+/// it holds and how many have been read.
+struct Flags {
+    bytes: Vec<u8>,
+    count: usize,
+    at: usize,
+}
+
+impl Flags {
+    /// The next `n` (at most 64) flags, LSB first.
+    #[inline(always)]
+    fn take(&mut self, n: u32) -> u64 {
+        let i = self.at / 8;
+        let w = match self.bytes.get(i..i + 16) {
+            Some(b) => u128::from_le_bytes(b.try_into().unwrap_or([0; 16])) >> (self.at % 8),
+            None => 0,
+        };
+        self.at += n as usize;
+        (w as u64) & if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+    }
+}
+
+/// The bits of `src`, lowest first, placed at the set bits of `mask`, lowest first (what the
+/// BMI2 `pdep` instruction does).
+#[inline(always)]
+fn deposit(mut src: u64, mut mask: u64) -> u64 {
+    let mut r = 0u64;
+    while mask != 0 {
+        let low = mask & mask.wrapping_neg();
+        r |= low & (src & 1).wrapping_neg();
+        src >>= 1;
+        mask ^= low;
+    }
+    r
+}
+
+/// Of up to 64 elements (`group`, little-endian, `W` bytes each), those whose exponent field
+/// (`field`: its mask in place) is at most `lim`, as a bit mask.
+#[inline(always)]
+fn at_most<const W: usize>(group: &[u8], field: u64, lim: u64) -> u64 {
+    group.chunks_exact(W).enumerate().fold(0u64, |m, (i, b)| m | (((load::<W>(b) & field) <= lim) as u64) << i)
+}
+
+/// The limits of the classes' exponents in place (`field << shift` masks it) for a segment of
+/// typical plus [`MC_OFF`] `tp`: class c holds the elements whose context is at least
+/// `CLASS_AT[c - 1]` and below `CLASS_AT[c]`, that is whose exponent is at most
+/// `tp - CLASS_AT[c - 1]` and above `tp - CLASS_AT[c]`. `None`: no exponent is that small.
+#[inline(always)]
+fn limits(tp: i64, shift: u32) -> [Option<u64>; CLASSES - 1] {
+    std::array::from_fn(|c| {
+        let lim = tp - CLASS_AT[c] as i64;
+        (lim >= 0).then(|| ((lim.min(u32::MAX as i64) as u64) << shift) | ((1u64 << shift) - 1))
+    })
+}
+
+/// The changed elements of each class in a group of up to 64 elements of a moved segment
+/// (`valid`: which of the 64 exist), read from the classes' flags.
+#[inline(always)]
+fn group_classes(
+    valid: u64,
+    lims: &[Option<u64>; CLASSES - 1],
+    flags: &mut [Flags; CLASSES],
+    dep: impl Fn(u64, u64) -> u64,
+    below: impl Fn(u64) -> u64,
+) -> [u64; CLASSES] {
+    let mut changed = [0u64; CLASSES];
+    let mut above = valid;
+    for (c, ch) in changed.iter_mut().enumerate() {
+        let next = match lims.get(c) {
+            Some(Some(l)) => below(*l) & valid,
+            _ => 0,
+        };
+        let m = above & !next;
+        *ch = dep(flags[c].take(m.count_ones()), m);
+        above = next;
+    }
+    changed
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// The classes of a group of 64 two-byte elements with SSE2 (eight elements per compare,
+    /// sixteen per movemask) and the BMI2 deposit.
+    #[target_feature(enable = "sse2,bmi2")]
+    pub fn group_classes_2(group: &[u8], field: u16, valid: u64, lims: &[Option<u64>; super::CLASSES - 1], flags: &mut [super::Flags; super::CLASSES]) -> [u64; super::CLASSES] {
+        let word = |i: usize| group.get(i..i + 8).map_or(0, |b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])) as i64;
+        let f = _mm_set1_epi16(field as i16);
+        // The exponent fields, eight per vector; they are below 2^15, so signed compares work.
+        let x: [__m128i; 8] = std::array::from_fn(|k| _mm_and_si128(_mm_set_epi64x(word(16 * k + 8), word(16 * k)), f));
+        let mut at_most = [0u64; super::CLASSES - 1];
+        for (m, lim) in at_most.iter_mut().zip(lims) {
+            *m = match *lim {
+                None => 0,
+                // A limit past the field holds every element.
+                Some(l) if l >= field as u64 => u64::MAX,
+                // e <= l, as l + 1 > e.
+                Some(l) => {
+                    let l = _mm_set1_epi16(l as i16 + 1);
+                    let mut m = 0u64;
+                    for k in 0..4 {
+                        let b = _mm_packs_epi16(_mm_cmpgt_epi16(l, x[2 * k]), _mm_cmpgt_epi16(l, x[2 * k + 1]));
+                        m |= (_mm_movemask_epi8(b) as u32 as u64) << (16 * k);
+                    }
+                    m
+                }
+            };
+        }
+        let mut changed = [0u64; super::CLASSES];
+        let mut above = valid;
+        for (c, ch) in changed.iter_mut().enumerate() {
+            let next = at_most.get(c).map_or(0, |m| m & valid);
+            let m = above & !next;
+            *ch = _pdep_u64(flags[c].take(m.count_ones()), m);
+            above = next;
+        }
+        changed
+    }
+
+    /// The classes of a group of 64 elements of any width, with the BMI2 deposit.
+    #[target_feature(enable = "bmi2")]
+    pub fn group_classes_w<const W: usize>(group: &[u8], field: u64, valid: u64, lims: &[Option<u64>; super::CLASSES - 1], flags: &mut [super::Flags; super::CLASSES]) -> [u64; super::CLASSES] {
+        super::group_classes(valid, lims, flags, |s, m| _pdep_u64(s, m), |l| super::at_most::<W>(group, field, l))
+    }
+}
+
+/// Whether the processor has BMI2 (and so, being x86-64, SSE2).
+fn has_bmi2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("bmi2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`group_classes`] of `group`, with SSE2 and BMI2 where `bmi2` says the processor has them.
+#[inline(always)]
+fn classes_of<const W: usize>(bmi2: bool, group: &[u8], field: u64, valid: u64, lims: &[Option<u64>; CLASSES - 1], flags: &mut [Flags; CLASSES]) -> [u64; CLASSES] {
+    #[cfg(target_arch = "x86_64")]
+    if bmi2 {
+        // SAFETY: the functions only enable SSE2, which every x86-64 processor has, and BMI2,
+        // which the caller detected at run time.
+        #[allow(unsafe_code)]
+        return unsafe {
+            if W == 2 && group.len() == 128 {
+                x86::group_classes_2(group, field as u16, valid, lims, flags)
+            } else {
+                x86::group_classes_w::<W>(group, field, valid, lims, flags)
+            }
+        };
+    }
+    let _ = bmi2;
+    group_classes(valid, lims, flags, deposit, |l| at_most::<W>(group, field, l))
+}
+
+/// Little-endian u32 at `at`.
+fn u32_at(data: &[u8], at: usize) -> Result<u32, String> {
+    data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(|| "class planes stream is truncated".to_string())
+}
+
+/// One stream (coder, length, bytes) at `at`, decoded to `n` bytes; returns it and where it
+/// ends.
+fn read_stream(data: &[u8], at: usize, n: usize) -> Result<(Vec<u8>, usize), String> {
+    let coder = data.get(at).copied().and_then(Coder::from_byte).ok_or("class planes stream has an unknown coder")?;
+    let len = u32_at(data, at + 1)? as usize;
+    let start = at + 5;
+    let bytes = start.checked_add(len).and_then(|end| data.get(start..end)).ok_or("class planes stream runs past its end")?;
+    let plane = stream::decode(coder, bytes, n).map_err(|e| format!("class planes stream: {e}"))?;
+    Ok((plane, start + len))
+}
+
+/// Decodes a stream of `n` elements (`W` bytes each, the float kind `shape` describes) against
+/// `base` into `out`. Every length is checked against `n`, so a corrupt stream is an error,
+/// never a panic or a large allocation; the value's hash covers the rest.
+pub(super) fn decode_w<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
+    decode_with::<W, SHIFT, EMASK>(data, base, n, out, has_bmi2())
+}
+
+/// [`decode_w`], with the SSE2 and BMI2 instructions only if `bmi2`.
+fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8], bmi2: bool) -> Result<(), String> {
+    if data.first() != Some(&FORMAT) {
+        return Err("class planes stream has an unknown format".into());
+    }
+    let seg = u32_at(data, 1)? as usize;
+    let first = u32_at(data, 5)? as usize;
+    if seg == 0 || first == 0 || first > seg || first > n {
+        return Err(format!("class planes stream has segments of {first} and {seg} elements in a chunk of {n}"));
+    }
+    let nseg = 1 + (n - first).div_ceil(seg);
+    let side_len = u32_at(data, 9)? as usize;
+    let side_z = HEAD.checked_add(side_len).and_then(|end| data.get(HEAD..end)).ok_or("class planes side information runs past the stream")?;
+    let side = zstd::bulk::decompress(side_z, 3 * nseg).map_err(|e| format!("class planes side information: {e}"))?;
+    if side.len() != 3 * nseg {
+        return Err("class planes side information does not match the segments".into());
+    }
+    let segs: Vec<Segment> = side.chunks_exact(3).map(|c| Segment { typical: u16::from_le_bytes([c[0], c[1]]), main: c[2] }).collect();
+    if segs.iter().any(|s| s.main > 1 || (s.typical == 0 && s.main != 0)) {
+        return Err("class planes segment out of range".into());
+    }
+    // Per class: flags, and its changed elements' planes.
+    let mut at = HEAD + side_len;
+    let mut flags: [Flags; CLASSES] = std::array::from_fn(|_| Flags { bytes: Vec::new(), count: 0, at: 0 });
+    let mut planes: Vec<[Vec<u8>; W]> = Vec::with_capacity(CLASSES);
+    let mut total = 0usize;
+    for f in flags.iter_mut() {
+        let count = u32_at(data, at)? as usize;
+        total += count;
+        if total > n {
+            return Err("class planes classes hold more elements than the chunk".into());
+        }
+        let (mut bytes, end) = read_stream(data, at + 4, count.div_ceil(8))?;
+        at = end;
+        if !count.is_multiple_of(8) && bytes.last().is_some_and(|&l| l >> (count % 8) != 0) {
+            return Err("class planes flags mark elements past the class".into());
+        }
+        let changed = bytes.iter().map(|b| b.count_ones() as usize).sum::<usize>();
+        bytes.extend_from_slice(&[0; 16]);
+        *f = Flags { bytes, count, at: 0 };
+        let mut p: [Vec<u8>; W] = std::array::from_fn(|_| Vec::new());
+        for plane in p.iter_mut() {
+            let (bytes, end) = read_stream(data, at, changed)?;
+            *plane = bytes;
+            at = end;
+        }
+        planes.push(p);
+    }
+    if at != data.len() {
+        return Err("class planes stream has trailing bytes".into());
+    }
+    if base.len() != n * W || out.len() != n * W {
+        return Err("class planes stream: base chunk does not match".into());
+    }
+    out.copy_from_slice(base);
+    let wmask = if W == 8 { u64::MAX } else { (1u64 << (8 * W)) - 1 };
+    let mut cursor = [0usize; CLASSES];
+    let field = EMASK << SHIFT;
+    for ((s, bc), oc) in segs.iter().zip(segments(base, first, seg, W)).zip(segments_mut(out, first, seg, W)) {
+        if s.typical == 0 {
+            continue;
+        }
+        let (tp, main) = (s.typical as i64 + MC_OFF, s.main as u64);
+        let lims = limits(tp, SHIFT);
+        for (bg, og) in bc.chunks(64 * W).zip(oc.chunks_mut(64 * W)) {
+            let len = bg.len() / W;
+            let valid = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
+            for (c, mut ch) in classes_of::<W>(bmi2, bg, field, valid, &lims, &mut flags).into_iter().enumerate() {
+                let (p, mut k) = (&planes[c], cursor[c]);
+                let (p0, p1) = (p[0].as_slice(), p.get(1).map_or(&[][..], Vec::as_slice));
+                while ch != 0 {
+                    let i = ch.trailing_zeros() as usize * W;
+                    ch &= ch - 1;
+                    let mut z = p0.get(k).copied().unwrap_or(0) as u64;
+                    if W >= 2 {
+                        z |= (p1.get(k).copied().unwrap_or(0) as u64) << 8;
+                    }
+                    for (j, plane) in p.iter().enumerate().skip(2) {
+                        z |= (plane.get(k).copied().unwrap_or(0) as u64) << (8 * j);
+                    }
+                    k += 1;
+                    if let (Some(b), Some(o)) = (bg.get(i..i + W), og.get_mut(i..i + W)) {
+                        let b = load::<W>(b);
+                        let v = b.wrapping_add(unturn::<W>(z, b, main)) & wmask;
+                        o.copy_from_slice(&v.to_le_bytes()[..W]);
+                    }
+                }
+                cursor[c] = k;
+            }
+        }
+    }
+    for (c, f) in flags.iter().enumerate() {
+        if f.at != f.count || cursor[c] != planes[c][0].len() {
+            return Err("class planes classes do not match the chunk's elements".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::FloatKind;
+
+    /// bf16 rows of `row` elements: the base spans many exponents, about a third of the
+    /// elements move by a few units in the last place, more where the weight is small, mostly
+    /// in the row's direction; some rows do not move, some elements jump across zero.
+    fn rows(n: usize, row: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+        let mut r = crate::testrand::XorShift::new(seed | 1);
+        let (mut base, mut value) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let x = r.next_u64();
+            let e = 100 + (x % 28) as u16;
+            let b = ((x >> 8) as u16 & 0x8000) | e << 7 | ((x >> 20) as u16 & 0x7f);
+            let still = (i / row) % 5 == 2 || !(x >> 40).is_multiple_of(3);
+            let step = (1u16 << ((127 - e) / 4).min(6)) + ((x >> 44) as u16 & 3);
+            let up = (i / row).is_multiple_of(2) ^ (x >> 50).is_multiple_of(5);
+            let v = match () {
+                _ if still => b,
+                _ if (x >> 54).is_multiple_of(61) => b ^ 0x8000,
+                _ if up == (b & 0x8000 == 0) => b.wrapping_add(step),
+                _ => b.wrapping_sub(step),
+            };
+            base.extend_from_slice(&b.to_le_bytes());
+            value.extend_from_slice(&v.to_le_bytes());
+        }
+        (base, value)
+    }
+
+    fn shape() -> Shape {
+        Shape::of(FloatKind::BF16).map(|s| s.0).unwrap_or_else(|| unreachable!())
+    }
+
+    #[test]
+    fn turning_is_a_bijection_of_every_delta() {
+        for d in 0..=u16::MAX as u64 {
+            for (b, main) in [(0u64, 0u8), (0, 1), (0x8000, 0), (0x8000, 1)] {
+                let z = turn::<2>(d, b, main);
+                assert!(z <= u16::MAX as u64);
+                assert_eq!(unturn::<2>(z, b, main as u64) & 0xffff, d, "d {d} b {b:#x} main {main}");
+            }
+        }
+        for d in [0u64, 1, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 12345] {
+            for (b, main) in [(0u64, 0u8), (0x8000_0000, 1)] {
+                assert_eq!(unturn::<4>(turn::<4>(d, b, main), b, main as u64) & 0xffff_ffff, d);
+            }
+        }
+    }
+
+    #[test]
+    fn moves_in_the_rows_direction_are_the_small_even_codes() {
+        // Up by one on a positive weight, in a row that moves up.
+        assert_eq!(turn::<2>(1, 0x3f80, 1), 2);
+        // Down by one on a negative weight (its value goes up), same row.
+        assert_eq!(turn::<2>(0xffff, 0xbf80, 1), 2);
+        // Against the row's direction.
+        assert_eq!(turn::<2>(0xffff, 0x3f80, 1), 1);
+        assert_eq!(turn::<2>(1, 0x3f80, 0), 1);
+        assert_eq!(turn::<2>(0, 0x3f80, 0), 0);
+    }
+
+    #[test]
+    fn the_portable_path_decodes_what_the_fast_one_does() -> Result<(), String> {
+        for (n, row, first) in [(1 << 14, 256, 256), (5000, 96, 40), (70, 1000, 70), (1, 1, 1)] {
+            let (base, value) = rows(n, row, n as u64);
+            let coded = encode_w::<2>(&value, &base, shape(), (row, first)).ok_or("not coded")?;
+            for bmi2 in [false, has_bmi2()] {
+                let mut out = vec![0u8; value.len()];
+                decode_with::<2, 7, 0xff>(&coded, &base, n, &mut out, bmi2)?;
+                assert!(out == value, "n {n}, rows of {row}, first {first}, bmi2 {bmi2}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn classes_code_the_rows_smaller_than_one_class() -> Result<(), String> {
+        let (base, value) = rows(1 << 16, 512, 3);
+        let coded = encode_w::<2>(&value, &base, shape(), (512, 512)).ok_or("not coded")?;
+        // The same deltas as plain byte planes (zigzag, low byte first) with order-0 coders.
+        let z: Vec<u16> = value.chunks_exact(2).zip(base.chunks_exact(2)).map(|(v, b)| {
+            let d = u16::from_le_bytes([v[0], v[1]]).wrapping_sub(u16::from_le_bytes([b[0], b[1]])) as i16;
+            ((d << 1) ^ (d >> 15)) as u16
+        }).collect();
+        let lo: Vec<u8> = z.iter().map(|&x| x as u8).collect();
+        let hi: Vec<u8> = z.iter().map(|&x| (x >> 8) as u8).collect();
+        let planes = stream::encode(&lo).1.len() + stream::encode(&hi).1.len();
+        assert!(coded.len() * 10 < planes * 9, "class planes {} against byte planes {planes}", coded.len());
+        Ok(())
+    }
+
+    #[test]
+    fn inconsistent_streams_are_errors() -> Result<(), String> {
+        let (base, value) = rows(3000, 100, 9);
+        let coded = encode_w::<2>(&value, &base, shape(), (100, 100)).ok_or("not coded")?;
+        let mut out = vec![0u8; value.len()];
+        assert!(decode_w::<2, 7, 0xff>(&coded, &base, 2999, &mut out[..5998]).is_err());
+        assert!(decode_w::<2, 7, 0xff>(&coded, &base[..100], 3000, &mut out).is_err());
+        // A segment's main direction out of range.
+        let side = zstd::bulk::compress(&[1, 0, 2], 3).map_err(|e| e.to_string())?;
+        let mut forged = vec![FORMAT];
+        for x in [100u32, 100, side.len() as u32] {
+            forged.extend_from_slice(&x.to_le_bytes());
+        }
+        forged.extend_from_slice(&side);
+        assert!(decode_w::<2, 7, 0xff>(&forged, &base[..200], 100, &mut out[..200]).is_err());
+        Ok(())
+    }
+}
