@@ -277,9 +277,19 @@ impl LowRank {
         // MAX_RANK terms, so every partial sum is an integer below 2^34 and f64 arithmetic on
         // them is exact, in any order and on any machine. f64 vectorises; i64 products do not.
         let vq: Vec<f64> = self.v.iter().map(|&x| x as f64).collect();
-        let mut out = Vec::with_capacity(base.len());
+        let mut out = vec![0u8; base.len()];
         let mut acc = vec![0f64; cols];
-        for (i, brow) in base.chunks_exact(cols * width).enumerate() {
+        let one = |b: u64, p: f64| -> u64 {
+            let bf = value_of(kind, b);
+            let f = bf as f64 + p * unit;
+            let ok = normal(bf) && f.abs() >= f32::MIN_POSITIVE as f64 && f.abs() <= f32::MAX as f64;
+            if ok {
+                bits_of(kind, f as f32)
+            } else {
+                b
+            }
+        };
+        for (i, (brow, orow)) in base.chunks_exact(cols * width).zip(out.chunks_exact_mut(cols * width)).enumerate() {
             acc.iter_mut().for_each(|a| *a = 0.0);
             for c in 0..k {
                 let coef = q[c] * self.u[i * k + c] as f64;
@@ -287,12 +297,15 @@ impl LowRank {
                     *a += coef * x;
                 }
             }
-            for (b, &p) in words(brow, width).zip(&acc) {
-                let bf = value_of(kind, b);
-                let f = bf as f64 + p * unit;
-                let ok = normal(bf) && f.abs() >= f32::MIN_POSITIVE as f64 && f.abs() <= f32::MAX as f64;
-                let w = if ok { bits_of(kind, f as f32) } else { b };
-                out.extend_from_slice(&w.to_le_bytes()[..width]);
+            // Two- and four-byte elements as words, without a per-byte loop.
+            if width == 2 {
+                for ((b, o), &p) in brow.chunks_exact(2).zip(orow.chunks_exact_mut(2)).zip(&acc) {
+                    o.copy_from_slice(&(one(u16::from_le_bytes([b[0], b[1]]) as u64, p) as u16).to_le_bytes());
+                }
+            } else {
+                for ((b, o), &p) in brow.chunks_exact(4).zip(orow.chunks_exact_mut(4)).zip(&acc) {
+                    o.copy_from_slice(&(one(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64, p) as u32).to_le_bytes());
+                }
             }
         }
         Some(out)
