@@ -143,42 +143,52 @@ pub(super) fn segments_mut<T>(x: &mut [T], first: usize, seg: usize, unit: usize
     std::iter::once(a).chain(b.chunks_mut(seg * unit))
 }
 
+/// One format of [`encode_formats`].
+#[cfg(test)]
+fn encode(value: &[u8], base: &[u8], kind: FloatKind, row: usize, offset: u64, budget: usize, format: Format) -> Option<Vec<u8>> {
+    encode_formats(value, base, kind, (row, offset), budget, &[format]).pop().flatten()
+}
+
 /// Codes `value` against `base` (little-endian elements of `kind`, equal lengths), a chunk that
 /// starts at element `offset` of its tensor, with segments of `row` elements (the tensor's rows
-/// where known, aligned to the tensor's row boundaries), against `base` itself or, where the
-/// change is of low rank, against its low-rank prediction (see [`super::lowrank`]), whichever
-/// is smaller. `None` when the kind is not supported or the stream would not be smaller than
-/// `budget` bytes (estimated before coding, to within a few bytes).
-pub fn encode(value: &[u8], base: &[u8], kind: FloatKind, row: usize, offset: u64, budget: usize, format: Format) -> Option<Vec<u8>> {
-    let (shape, width) = Shape::of(kind)?;
+/// where known, aligned to the tensor's row boundaries), in each of `formats`: against `base`
+/// itself or, where the change is of low rank, against its low-rank prediction (see
+/// [`super::lowrank`], fitted once for all formats), whichever is smaller. `None` where the kind
+/// is not supported or the stream would not be smaller than `budget` bytes (for symbols,
+/// estimated before coding, to within a few bytes).
+pub fn encode_formats(value: &[u8], base: &[u8], kind: FloatKind, (row, offset): (usize, u64), budget: usize, formats: &[Format]) -> Vec<Option<Vec<u8>>> {
+    let none = || formats.iter().map(|_| None).collect();
+    let Some((shape, width)) = Shape::of(kind) else { return none() };
     if value.len() != base.len() || value.is_empty() || !value.len().is_multiple_of(width) {
-        return None;
+        return none();
     }
     let row = row.max(1);
     // The elements before the chunk's first row boundary.
     let phase = (offset % row as u64) as usize;
     let first = if phase == 0 { row } else { row - phase };
-    let body = |against: &[u8], budget: usize| match (format, width) {
+    let body = |format: Format, against: &[u8], budget: usize| match (format, width) {
         (Format::Symbols, 2) => encode_w::<2>(value, against, shape, row, first, budget),
         (Format::Symbols, _) => encode_w::<4>(value, against, shape, row, first, budget),
         (Format::Classes, 2) => classes::encode_w::<2>(value, against, shape, (row, first)).filter(|c| c.len() < budget),
         (Format::Classes, _) => classes::encode_w::<4>(value, against, shape, (row, first)).filter(|c| c.len() < budget),
     };
-    let plain = body(base, budget);
-    let limit = plain.as_ref().map_or(budget, |p| p.len().min(budget));
-    let predicted = LowRank::fit(value, base, kind, row).filter(|_| phase == 0).and_then(|lr| {
-        let block = lr.to_bytes()?;
-        let rest = body(&lr.predict(base, kind)?, limit.checked_sub(1 + block.len())?)?;
-        let mut out = Vec::with_capacity(1 + block.len() + rest.len());
-        out.push(FORMAT_LOW_RANK);
-        out.extend_from_slice(&block);
-        out.extend_from_slice(&rest);
-        Some(out)
-    });
-    match (plain, predicted) {
-        (_, Some(p)) => Some(p),
-        (p, None) => p,
-    }
+    let fitted = LowRank::fit(value, base, kind, row).filter(|_| phase == 0).and_then(|lr| Some((lr.to_bytes()?, lr.predict(base, kind)?)));
+    formats
+        .iter()
+        .map(|&format| {
+            let plain = body(format, base, budget);
+            let limit = plain.as_ref().map_or(budget, |p| p.len().min(budget));
+            let predicted = fitted.as_ref().and_then(|(block, pred)| {
+                let rest = body(format, pred, limit.checked_sub(1 + block.len())?)?;
+                let mut out = Vec::with_capacity(1 + block.len() + rest.len());
+                out.push(FORMAT_LOW_RANK);
+                out.extend_from_slice(block);
+                out.extend_from_slice(&rest);
+                Some(out)
+            });
+            predicted.or(plain)
+        })
+        .collect()
 }
 
 fn encode_w<const W: usize>(value: &[u8], base: &[u8], shape: Shape, seg: usize, first: usize, budget: usize) -> Option<Vec<u8>> {

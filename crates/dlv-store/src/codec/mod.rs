@@ -380,8 +380,7 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc
     let Some(base) = base.filter(|b| magnitude_allowed && fits && b.len() == value.len()) else {
         return encode_planes(value, base, layout, best);
     };
-    let classes = encode_magnitude(value, base, layout, offset, magnitude::Format::Classes);
-    let symbols = encode_magnitude(value, base, layout, offset, magnitude::Format::Symbols);
+    let [classes, symbols]: [Option<EncodedChunk>; 2] = encode_magnitude(value, base, layout, offset).try_into().unwrap_or_default();
     // Class planes decode faster than symbols (twice as fast on the benchmark's later deltas):
     // they are kept unless symbols are smaller by more than CLASSES_SLACK.
     let m = match (classes, symbols) {
@@ -413,17 +412,23 @@ const DEFAULT_SEGMENT: usize = 1024;
 /// stream was at least 0.955 (fp32) or 1.13 (bf16) of that estimate.
 const PLANES_SKIP: f64 = 0.9;
 
-/// The chunk as a magnitude stream of `format`.
-fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64, format: magnitude::Format) -> Option<EncodedChunk> {
+/// The chunk as magnitude streams: class planes, then symbols.
+fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Vec<Option<EncodedChunk>> {
     let (row, offset) = if layout.row > 0 { (layout.row, offset) } else { (DEFAULT_SEGMENT, 0) };
-    let coded = magnitude::encode(value, base, layout.float, row, offset, usize::MAX, format)?;
-    let mut stream = Vec::with_capacity(1 + coded.len());
-    stream.push(layout.float as u8);
-    stream.extend_from_slice(&coded);
-    let desc = StreamDesc { coder: Coder::Magnitude, len: stream.len() as u64, sum: plane_sum(&stream) };
+    let formats = [magnitude::Format::Classes, magnitude::Format::Symbols];
     let elems = (value.len() / layout.width.max(1)) as u64;
-    let header = ChunkHeader { elems, transform: Transform::Magnitude, flags: 0, mask: None, streams: vec![desc] };
-    Some(EncodedChunk { header, streams: vec![stream] })
+    magnitude::encode_formats(value, base, layout.float, (row, offset), usize::MAX, &formats)
+        .into_iter()
+        .map(|coded| {
+            let coded = coded?;
+            let mut stream = Vec::with_capacity(1 + coded.len());
+            stream.push(layout.float as u8);
+            stream.extend_from_slice(&coded);
+            let desc = StreamDesc { coder: Coder::Magnitude, len: stream.len() as u64, sum: plane_sum(&stream) };
+            let header = ChunkHeader { elems, transform: Transform::Magnitude, flags: 0, mask: None, streams: vec![desc] };
+            Some(EncodedChunk { header, streams: vec![stream] })
+        })
+        .collect()
 }
 
 /// The byte-plane candidate (transform, rotation) a chunk is coded with under `mode`, and the
