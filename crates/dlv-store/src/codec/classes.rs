@@ -1,7 +1,8 @@
-//! Class planes: format 3 of the magnitude stream (see [`super::magnitude`]), tried by the
-//! `compression = "max"` level beside the symbols of format 1.
+//! Class planes: format 3 of the magnitude stream (see [`super::magnitude`]), the
+//! `compression = "max"` level's coder of float deltas (for floats wider than two bytes, beside
+//! the symbols of format 1, which are smaller there).
 //!
-//! The magnitude coder's model, at byte-plane speed. An element's delta is predictable from
+//! The magnitude coder's model, coded as byte planes. An element's delta is predictable from
 //! what the decoder already knows: its base's exponent against its row's typical
 //! `bit length + exponent` (the same update is more units in the last place for a small
 //! weight), and its row's main direction. Here that context picks one of [`CLASSES`] classes
@@ -14,7 +15,10 @@
 //!
 //! So the rANS tables are few and fit the L1 cache, and no per-element step depends on the
 //! one before: the decoder spends a few instructions per element on the classes and flags
-//! (SSE2 and BMI2 where the processor has them) and byte-plane work on the changed ones.
+//! (SSE2 and BMI2 where the processor has them) and merges each changed one from its class's
+//! planes. On sparse deltas (the later snapshots of a run) that decodes within 5-10% of plain
+//! byte planes and up to twice as fast as symbols; where nearly every element changed, the
+//! merge makes it about half as fast as plain byte planes.
 //!
 //! Stream: format (u8, 3), segment length (u32 LE), length of the first segment (u32 LE), length
 //! of the side information (u32 LE), the side information as one zstd frame (per segment: its

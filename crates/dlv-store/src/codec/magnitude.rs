@@ -16,9 +16,10 @@
 //! Where the change has low rank, the value is coded against a low-rank prediction instead of
 //! the base (format 2: see [`super::lowrank`]). Decoding is one pass per element (symbol,
 //! stored bits, value) at about half the speed of byte planes, which is why it is the
-//! `compression = "max"` level and not the default.
+//! `compression = "max"` level and not the default. Format 3 codes the same model as byte
+//! planes per class of context ([`super::classes`]): as small for 2-byte floats, and faster.
 //!
-//! Stream: format (u8, 1), segment length (u32 LE), length of the first segment (u32 LE: the
+//! Stream (format 1): format (u8, 1), segment length (u32 LE), length of the first segment (u32 LE: the
 //! rest of a row that began in the previous chunk, or a whole one), length of the side
 //! information (u32 LE),
 //! the side information as one zstd frame (per segment: its typical `L + exponent` as u16 LE,
