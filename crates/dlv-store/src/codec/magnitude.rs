@@ -59,7 +59,7 @@ const FORMAT: u8 = 1;
 /// A low-rank block, then a stream of [`FORMAT`] against the prediction.
 const FORMAT_LOW_RANK: u8 = 2;
 /// Bytes before the side information.
-const HEAD: usize = 13;
+pub(super) const HEAD: usize = 13;
 /// zstd level of the side information (a few KB: the level costs little time).
 const META_LEVEL: i32 = 6;
 
@@ -401,8 +401,35 @@ impl BitReader {
 }
 
 /// Reads a little-endian u32 at `at`.
-fn u32_at(data: &[u8], at: usize) -> Result<u32, String> {
+pub(super) fn u32_at(data: &[u8], at: usize) -> Result<u32, String> {
     data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(|| "magnitude stream is truncated".to_string())
+}
+
+/// The head of a plain stream of either format: segments, and the side information's frame.
+pub(super) struct Head<'a> {
+    pub seg: usize,
+    pub first: usize,
+    pub nseg: usize,
+    pub side: &'a [u8],
+    /// Where the side information ends.
+    pub end: usize,
+}
+
+/// Reads the head of a plain stream of `format` for a chunk of `n` elements: the format byte,
+/// the segment length, the first segment's length and the side information's frame.
+pub(super) fn read_head(data: &[u8], format: u8, n: usize) -> Result<Head<'_>, String> {
+    if data.first() != Some(&format) {
+        return Err("magnitude stream has an unknown format".into());
+    }
+    let seg = u32_at(data, 1)? as usize;
+    let first = u32_at(data, 5)? as usize;
+    if seg == 0 || first == 0 || first > seg || first > n {
+        return Err(format!("magnitude stream has segments of {first} and {seg} elements in a chunk of {n}"));
+    }
+    let side_len = u32_at(data, 9)? as usize;
+    let end = HEAD.checked_add(side_len).ok_or("magnitude stream: side information runs past the stream")?;
+    let side = data.get(HEAD..end).ok_or("magnitude stream: side information runs past the stream")?;
+    Ok(Head { seg, first, nseg: 1 + (n - first).div_ceil(seg), side, end })
 }
 
 /// Decodes a stream of `n` elements against `base` (little-endian elements of `kind`) into
@@ -593,21 +620,11 @@ fn decode_w<const W: usize>(data: &[u8], base: &[u8], shape: Shape, n: usize, ou
             _ => classes::decode_w::<W, 23, 0xff>(data, base, n, out),
         };
     }
-    if data.first() != Some(&FORMAT) {
-        return Err("magnitude stream has an unknown format".into());
-    }
-    let seg = u32_at(data, 1)? as usize;
-    let first = u32_at(data, 5)? as usize;
-    if seg == 0 || first == 0 || first > seg || first > n {
-        return Err(format!("magnitude stream has segments of {first} and {seg} elements in a chunk of {n}"));
-    }
-    let nseg = 1 + (n - first).div_ceil(seg);
-    let meta_len = u32_at(data, 9)? as usize;
-    let meta_z = HEAD.checked_add(meta_len).and_then(|end| data.get(HEAD..end)).ok_or("magnitude stream: side information runs past the stream")?;
+    let Head { seg, first, nseg, side: meta_z, end } = read_head(data, FORMAT, n)?;
     let cap = 3 * nseg + shape.contexts().div_ceil(8) + shape.contexts() * shape.alphabet * 2;
     let meta = zstd::bulk::decompress(meta_z, cap).map_err(|e| format!("magnitude side information: {e}"))?;
     let t = read_tables(&meta, nseg, shape)?;
-    let mut at = HEAD + meta_len;
+    let mut at = end;
     let mut states = [0u32; WAYS];
     for x in states.iter_mut() {
         *x = u32_at(data, at)?;
