@@ -272,10 +272,10 @@ fn at_most<const W: usize>(group: &[u8], field: u64, lim: u64) -> u64 {
     group.chunks_exact(W).enumerate().fold(0u64, |m, (i, b)| m | (((load::<W>(b) & field) <= lim) as u64) << i)
 }
 
-/// The limits of the classes' exponents in place (`field << shift` masks it) for a segment of
-/// typical plus [`MC_OFF`] `tp`: class c holds the elements whose context is at least
-/// `CLASS_AT[c - 1]` and below `CLASS_AT[c]`, that is whose exponent is at most
-/// `tp - CLASS_AT[c - 1]` and above `tp - CLASS_AT[c]`. `None`: no exponent is that small.
+/// Per class boundary `CLASS_AT[c]`, the largest exponent at or past it, in place (shifted left
+/// by `shift`, the bits below set), for a segment of typical plus [`MC_OFF`] `tp`: an element's
+/// context is at least `CLASS_AT[c]` when its exponent is at most `tp - CLASS_AT[c]`, so class c
+/// holds the elements under limit c - 1 and not under limit c. `None`: no exponent is that small.
 #[inline(always)]
 fn limits(tp: i64, shift: u32) -> [Option<u64>; CLASSES - 1] {
     std::array::from_fn(|c| {
@@ -300,9 +300,9 @@ fn group_classes(valid: u64, at_most: &[u64; CLASSES - 1], flags: &mut [Flags; C
     changed
 }
 
-/// The writer's view of a group of up to 64 elements (`at_most`: see [`at_most_all`]; `changed`:
-/// which changed): each class's members, each class's flags (its members' changed bits, gathered to the low end: what the
-/// BMI2 `pext` instruction does), and which elements changed.
+/// The writer's view of a group of up to 64 elements (`at_most`: see [`at_most_all`];
+/// `changed`: which changed): each class's members, each class's flags (its members' changed
+/// bits gathered to the low end, what the BMI2 `pext` instruction does), and `changed`.
 #[inline(always)]
 fn split(valid: u64, at_most: &[u64; CLASSES - 1], extract: impl Fn(u64, u64) -> u64, changed: u64) -> ([u64; CLASSES], [u64; CLASSES], u64) {
     let (mut members, mut bits) = ([0u64; CLASSES], [0u64; CLASSES]);
