@@ -418,7 +418,7 @@ const PLANES_SKIP: f64 = 0.9;
 fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Vec<Option<EncodedChunk>> {
     let (row, offset) = if layout.row > 0 { (layout.row, offset) } else { (DEFAULT_SEGMENT, 0) };
     // Two-byte deltas have few bits below their leading one to store, and class planes code
-    // them as small as symbols (the benchmark's bf16 series: the same size to 0.1%) at twice
+    // them as small as symbols (the benchmark's bf16 series: the same size to 0.1%) at 1.7x
     // the encode speed; for wider floats symbols are 4% smaller.
     let formats: &[magnitude::Format] = match layout.width {
         2 => &[magnitude::Format::Classes],
