@@ -432,7 +432,7 @@ impl ObjectStore {
     }
 
     /// Number of delta links from `id` to a materialised object (0 for one that is). A missing
-    /// base, a cycle or a chain past [`MAX_CHAIN_HARD`] is an error naming the object.
+    /// base, a cycle or a chain past `MAX_CHAIN_HARD` (64) links is an error naming the object.
     pub fn chain_len(&self, id: &str) -> Result<usize> {
         let mut cur = id.to_string();
         let mut seen = vec![cur.clone()];
