@@ -644,17 +644,23 @@ mod tests {
         assert_eq!(turn::<2>(0, 0x3f80, 0), 0);
     }
 
+    /// The portable paths code and decode the same bytes as the SSE2 and BMI2 ones.
+    fn assert_paths_agree<const W: usize, const SHIFT: u32, const EMASK: u64>(value: &[u8], base: &[u8], shape: Shape, segs: (usize, usize)) -> Result<(), String> {
+        let coded = encode_with::<W>(value, base, shape, segs, false).ok_or("not coded")?;
+        assert!(encode_with::<W>(value, base, shape, segs, has_bmi2()) == Some(coded.clone()), "W {W}, segments {segs:?}");
+        for bmi2 in [false, has_bmi2()] {
+            let mut out = vec![0u8; value.len()];
+            decode_with::<W, SHIFT, EMASK>(&coded, base, value.len() / W, &mut out, bmi2)?;
+            assert!(out == value, "W {W}, segments {segs:?}, bmi2 {bmi2}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn the_portable_paths_code_what_the_fast_ones_do() -> Result<(), String> {
         for (n, row, first) in [(1 << 14, 256, 256), (5000, 96, 40), (70, 1000, 70), (1, 1, 1)] {
             let (base, value) = rows(n, row, n as u64);
-            let coded = encode_with::<2>(&value, &base, shape(), (row, first), false).ok_or("not coded")?;
-            assert!(encode_with::<2>(&value, &base, shape(), (row, first), has_bmi2()) == Some(coded.clone()), "n {n}, rows of {row}");
-            for bmi2 in [false, has_bmi2()] {
-                let mut out = vec![0u8; value.len()];
-                decode_with::<2, 7, 0xff>(&coded, &base, n, &mut out, bmi2)?;
-                assert!(out == value, "n {n}, rows of {row}, first {first}, bmi2 {bmi2}");
-            }
+            assert_paths_agree::<2, 7, 0xff>(&value, &base, shape(), (row, first))?;
         }
         Ok(())
     }
@@ -662,21 +668,12 @@ mod tests {
     #[test]
     fn the_portable_paths_code_four_byte_elements_as_the_fast_ones_do() -> Result<(), String> {
         let shape4 = Shape::of(FloatKind::F32).map(|s| s.0).ok_or("no shape")?;
-        let (n, row) = (3000, 130);
-        let (b2, v2) = rows(n, row, 5);
+        let (b2, v2) = rows(3000, 130, 5);
         // bf16 patterns as f32 ones, with low bits that change now and then.
         let widen = |x: &[u8], salt: u32| -> Vec<u8> {
             x.chunks_exact(2).enumerate().flat_map(|(i, c)| (((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) | ((i as u32 * salt) % 7)).to_le_bytes()).collect()
         };
-        let (base, value) = (widen(&b2, 3), widen(&v2, 5));
-        let coded = encode_with::<4>(&value, &base, shape4, (row, 17), false).ok_or("not coded")?;
-        assert!(encode_with::<4>(&value, &base, shape4, (row, 17), has_bmi2()) == Some(coded.clone()));
-        for bmi2 in [false, has_bmi2()] {
-            let mut out = vec![0u8; value.len()];
-            decode_with::<4, 23, 0xff>(&coded, &base, n, &mut out, bmi2)?;
-            assert!(out == value, "bmi2 {bmi2}");
-        }
-        Ok(())
+        assert_paths_agree::<4, 23, 0xff>(&widen(&v2, 5), &widen(&b2, 3), shape4, (130, 17))
     }
 
     #[test]

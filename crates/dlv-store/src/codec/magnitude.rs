@@ -19,16 +19,15 @@
 //! `compression = "max"` level and not the default. Format 3 codes the same model as byte
 //! planes per class of context ([`super::classes`]): as small for 2-byte floats, and faster.
 //!
-//! Stream (format 1): format (u8, 1), segment length (u32 LE), length of the first segment (u32 LE: the
-//! rest of a row that began in the previous chunk, or a whole one), length of the side
-//! information (u32 LE),
-//! the side information as one zstd frame (per segment: its typical `L + exponent` as u16 LE,
-//! 0 for an unchanged segment, then a byte with the main direction in bit 0 and the strength
-//! bucket above it; then a bitmap of the contexts used and, for each, its symbol frequencies as
-//! LEB128 numbers summing to [`TOTAL`], context `strength * magnitude contexts + magnitude`),
-//! the [`WAYS`] rANS start states (u32 LE), the number of
-//! rANS words (u32 LE) and the words (u16 LE), then the stored bits in u32 LE words, least
-//! significant bit first.
+//! Stream (format 1): format (u8, 1), segment length (u32 LE), length of the first segment
+//! (u32 LE: the rest of a row that began in the previous chunk, or a whole one), length of the
+//! side information (u32 LE), the side information as one zstd frame (per segment: its typical
+//! `L + exponent` as u16 LE, 0 for an unchanged segment, then a byte with the main direction in
+//! bit 0 and the strength bucket above it; then a bitmap of the contexts used and, for each, its
+//! symbol frequencies as LEB128 numbers summing to [`TOTAL`], context
+//! `strength * magnitude contexts + magnitude`), the [`WAYS`] rANS start states (u32 LE), the
+//! number of rANS words (u32 LE) and the words (u16 LE), then the stored bits in u32 LE words,
+//! least significant bit first.
 
 use super::classes;
 use super::lowrank::LowRank;
@@ -56,7 +55,7 @@ pub(super) const MC_OFF: i64 = 2;
 /// Direction strength buckets: how far the segment's majority is above one half.
 const SB: usize = 4;
 const FORMAT: u8 = 1;
-/// A low-rank block, then a stream of [`FORMAT`] against the prediction.
+/// A low-rank block, then a stream of [`FORMAT`] or of class planes against the prediction.
 const FORMAT_LOW_RANK: u8 = 2;
 /// Bytes before the side information.
 pub(super) const HEAD: usize = 13;
@@ -117,7 +116,7 @@ impl Shape {
 /// [`MC_OFF`], so the context is its expected bit length (plus the offset), clamped to
 /// `0..=last`. One definition for the encoder and the decoder's inner loop.
 #[inline(always)]
-pub(super) fn magnitude_context(tp: i64, exponent: u64, last: i64) -> usize {
+fn magnitude_context(tp: i64, exponent: u64, last: i64) -> usize {
     (tp - exponent as i64).clamp(0, last) as usize
 }
 
