@@ -22,10 +22,8 @@ const MAX_SIDE: usize = 128;
 const MIN_ELEMS: usize = 4096;
 /// Largest rank stored.
 const MAX_RANK: usize = 32;
-/// Jacobi stops when the off-diagonal mass is under this share of the total: the directions
-/// only steer a prediction stored in 8 bits (1e-12 gave the same stored sizes in the
-/// benchmark, with more sweeps).
-const TOL: f64 = 1e-8;
+/// Bound on the eigensolver's iterations (a 64 x 64 Gram matrix takes a few hundred).
+const EIGEN_ITERATIONS: usize = 100_000;
 /// The rank is the smallest that holds this share of the delta's energy (squared norm); a
 /// delta that needs more is not low rank enough to pay for its factors.
 const ENERGY: f64 = 0.98;
@@ -49,6 +47,7 @@ fn value_of(kind: FloatKind, w: u64) -> f32 {
 }
 
 /// The element nearest `f` (round to nearest even for bf16).
+#[cfg(test)]
 fn bits_of(kind: FloatKind, f: f32) -> u64 {
     let u = f.to_bits();
     match kind {
@@ -76,71 +75,20 @@ fn words(bytes: &[u8], width: usize) -> impl Iterator<Item = u64> + '_ {
 }
 
 /// Eigenvalues (descending) and unit eigenvectors (`vecs[j * s + i]` is component i of the
-/// j-th) of the symmetric `s` x `s` matrix `a`, by cyclic Jacobi rotations. Each rotation
-/// updates rows p and q (contiguous) and mirrors them into the columns, and the eigenvectors
-/// are kept as rows, so that no update strides through memory.
-fn eigen(mut a: Vec<f64>, s: usize) -> (Vec<f64>, Vec<f64>) {
-    // vt[j * s + i]: component i of the j-th vector.
-    let mut vt = vec![0.0; s * s];
-    for (i, row) in vt.chunks_exact_mut(s).enumerate() {
-        row[i] = 1.0;
-    }
-    let scale: f64 = a.iter().map(|x| x * x).sum();
-    let (mut rp, mut rq) = (vec![0.0; s], vec![0.0; s]);
-    for _ in 0..40 {
-        let diag: f64 = (0..s).map(|p| a[p * s + p] * a[p * s + p]).sum();
-        if scale - diag <= TOL * scale || scale == 0.0 {
-            break;
-        }
-        // Entries whose square is under the tolerance's share of one entry are left: rotating
-        // them cannot matter, and late sweeps then cost little.
-        let small = TOL * scale / (s * s) as f64;
-        for p in 0..s {
-            for q in p + 1..s {
-                let apq = a[p * s + q];
-                if apq * apq <= small || apq.abs() <= 1e-300 {
-                    continue;
-                }
-                let (app, aqq) = (a[p * s + p], a[q * s + q]);
-                let theta = (aqq - app) / (2.0 * apq);
-                let t = if theta == 0.0 { 1.0 } else { theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt()) };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let sn = t * c;
-                rp.copy_from_slice(&a[p * s..p * s + s]);
-                rq.copy_from_slice(&a[q * s..q * s + s]);
-                for (x, (&ap, &aq)) in a[p * s..p * s + s].iter_mut().zip(rp.iter().zip(&rq)) {
-                    *x = c * ap - sn * aq;
-                }
-                for (x, (&ap, &aq)) in a[q * s..q * s + s].iter_mut().zip(rp.iter().zip(&rq)) {
-                    *x = sn * ap + c * aq;
-                }
-                for k in 0..s {
-                    a[k * s + p] = a[p * s + k];
-                    a[k * s + q] = a[q * s + k];
-                }
-                a[p * s + p] = c * c * app - 2.0 * c * sn * apq + sn * sn * aqq;
-                a[q * s + q] = sn * sn * app + 2.0 * c * sn * apq + c * c * aqq;
-                a[p * s + q] = 0.0;
-                a[q * s + p] = 0.0;
-                rp.copy_from_slice(&vt[p * s..p * s + s]);
-                rq.copy_from_slice(&vt[q * s..q * s + s]);
-                for (x, (&vp, &vq)) in vt[p * s..p * s + s].iter_mut().zip(rp.iter().zip(&rq)) {
-                    *x = c * vp - sn * vq;
-                }
-                for (x, (&vp, &vq)) in vt[q * s..q * s + s].iter_mut().zip(rp.iter().zip(&rq)) {
-                    *x = sn * vp + c * vq;
-                }
-            }
-        }
-    }
+/// j-th) of the symmetric `s` x `s` matrix `a` (Householder tridiagonalisation and implicit QR,
+/// from nalgebra: 60 times faster on a 64 x 64 Gram matrix than the cyclic Jacobi rotations
+/// used before). `None` if the iteration does not converge (a matrix with infinities).
+fn eigen(a: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+    let m = nalgebra::DMatrix::from_row_slice(s, s, a);
+    let e = m.try_symmetric_eigen(f64::EPSILON, EIGEN_ITERATIONS)?;
     let mut order: Vec<usize> = (0..s).collect();
-    order.sort_by(|&x, &y| a[y * s + y].total_cmp(&a[x * s + x]));
-    let vals = order.iter().map(|&j| a[j * s + j]).collect();
-    let mut vecs = vec![0.0; s * s];
-    for (jj, &j) in order.iter().enumerate() {
-        vecs[jj * s..jj * s + s].copy_from_slice(&vt[j * s..j * s + s]);
+    order.sort_by(|&x, &y| e.eigenvalues[y].total_cmp(&e.eigenvalues[x]));
+    let vals = order.iter().map(|&j| e.eigenvalues[j]).collect();
+    let mut vecs = Vec::with_capacity(s * s);
+    for &j in &order {
+        vecs.extend(e.eigenvectors.column(j).iter());
     }
-    (vals, vecs)
+    Some((vals, vecs))
 }
 
 /// Quantises a component to i8 with the scale `max |x| / 127`.
@@ -151,6 +99,146 @@ fn quantise(x: &[f64]) -> (Vec<i8>, f64) {
     }
     let s = m / 127.0;
     (x.iter().map(|&y| (y / s).round().clamp(-127.0, 127.0) as i8).collect(), s)
+}
+
+/// The f32 bit pattern of `base + p * unit` (`base` an f32 bit pattern), or 0 where the base
+/// is zero, subnormal or not finite or the sum is not a normal finite f32 (0 is never the
+/// pattern of a normal sum). Branch-free.
+#[inline(always)]
+fn predict_one(base: u32, p: f64, unit: f64) -> u32 {
+    let e = (base >> 23) & 0xff;
+    let f = f32::from_bits(base) as f64 + p * unit;
+    let a = f.abs();
+    let ok = (e != 0) & (e != 0xff) & (a >= f32::MIN_POSITIVE as f64) & (a <= f32::MAX as f64);
+    (f as f32).to_bits() & (ok as u32).wrapping_neg()
+}
+
+/// `portable()`, or `avx2()` where the processor has AVX2 (x86-64). Both compute the same
+/// bits: AVX2 only widens the lanes of independent sums.
+fn simd<T>(portable: impl FnOnce() -> T, avx2: impl FnOnce() -> T) -> T {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        return avx2();
+    }
+    let _ = avx2;
+    portable()
+}
+
+/// The Gram matrix `D^T D` of the `cols` columns of `d` (rows of `cols`): row by row of the
+/// delta, whole rows of G (a fixed length that vectorises), in f32 over blocks of 64 rows,
+/// then summed in f64.
+#[inline(always)]
+fn gram(d: &[f32], cols: usize) -> Vec<f64> {
+    let mut g = vec![0.0f64; cols * cols];
+    let mut block = vec![0.0f32; cols * cols];
+    for rows64 in d.chunks(64 * cols) {
+        block.iter_mut().for_each(|x| *x = 0.0);
+        for r in rows64.chunks_exact(cols) {
+            for (gp, &rp) in block.chunks_exact_mut(cols).zip(r) {
+                for (gq, &x) in gp.iter_mut().zip(r) {
+                    *gq += rp * x;
+                }
+            }
+        }
+        for (gq, &x) in g.iter_mut().zip(&block) {
+            *gq += x as f64;
+        }
+    }
+    g
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gram_avx2(d: &[f32], cols: usize) -> Vec<f64> {
+    gram(d, cols)
+}
+
+/// Each row of `d` (rows of `et.len() / k` elements) applied to the `k` directions `et`
+/// (`et[j * k + c]`): `wide[i * k + c]`.
+#[inline(always)]
+fn wide_of_rows(d: &[f32], et: &[f32], k: usize) -> Vec<f32> {
+    let cols = et.len() / k.max(1);
+    let mut wide = vec![0.0f32; (d.len() / cols.max(1)) * k];
+    for (r, w) in d.chunks_exact(cols.max(1)).zip(wide.chunks_exact_mut(k.max(1))) {
+        for (&x, e) in r.iter().zip(et.chunks_exact(k.max(1))) {
+            for (a, &y) in w.iter_mut().zip(e) {
+                *a += x * y;
+            }
+        }
+    }
+    wide
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn wide_of_rows_avx2(d: &[f32], et: &[f32], k: usize) -> Vec<f32> {
+    wide_of_rows(d, et, k)
+}
+
+/// What [`LowRank::predict`] computes the rows from.
+struct Rows<'a> {
+    base: &'a [u8],
+    width: usize,
+    cols: usize,
+    k: usize,
+    /// Integer scales of the components.
+    q: &'a [f64],
+    u: &'a [i8],
+    /// Column factors as f64, `stride` per component (padded with zeros to whole blocks).
+    vq: &'a [f64],
+    stride: usize,
+    unit: f64,
+}
+
+/// Columns per block of sums kept in registers.
+const BLOCK: usize = 8;
+
+impl Rows<'_> {
+    /// The predicted elements into `out` (as long as the base).
+    #[inline(always)]
+    fn predict(&self, out: &mut [u8]) {
+        let (width, cols, k, unit) = (self.width, self.cols, self.k, self.unit);
+        let mut acc = vec![0f64; self.stride];
+        let mut coef = vec![0f64; k];
+        for (i, (brow, orow)) in self.base.chunks_exact(cols * width).zip(out.chunks_exact_mut(cols * width)).enumerate() {
+            for ((cf, &qc), &uc) in coef.iter_mut().zip(self.q).zip(&self.u[i * k..i * k + k]) {
+                *cf = qc * uc as f64;
+            }
+            // Each block's sums stay in registers over the components.
+            for (j0, block) in acc.chunks_exact_mut(BLOCK).enumerate() {
+                let mut a = [0f64; BLOCK];
+                for (&cf, vrow) in coef.iter().zip(self.vq.chunks_exact(self.stride)) {
+                    for (x, &y) in a.iter_mut().zip(&vrow[j0 * BLOCK..j0 * BLOCK + BLOCK]) {
+                        *x += cf * y;
+                    }
+                }
+                block.copy_from_slice(&a);
+            }
+            // Two- and four-byte elements as words, without a per-byte loop; branch-free, so
+            // that the loop vectorises.
+            if width == 2 {
+                for ((b, o), &p) in brow.chunks_exact(2).zip(orow.chunks_exact_mut(2)).zip(&acc) {
+                    let b = u16::from_le_bytes([b[0], b[1]]);
+                    let r = predict_one((b as u32) << 16, p, unit);
+                    let r = (r.wrapping_add(0x7fff + ((r >> 16) & 1)) >> 16) as u16;
+                    o.copy_from_slice(&(if r == 0 { b } else { r }).to_le_bytes());
+                }
+            } else {
+                for ((b, o), &p) in brow.chunks_exact(4).zip(orow.chunks_exact_mut(4)).zip(&acc) {
+                    let b = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    let r = predict_one(b, p, unit);
+                    o.copy_from_slice(&(if r == 0 { b } else { r }).to_le_bytes());
+                }
+            }
+        }
+    }
+
+    /// [`Rows::predict`] compiled for AVX2 (twice the f64 lanes of the baseline's SSE2).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn predict_avx2(&self, out: &mut [u8]) {
+        self.predict(out)
+    }
 }
 
 impl LowRank {
@@ -165,12 +253,13 @@ impl LowRank {
         }
         let (rows, cols) = (n / row, row);
         let s = rows.min(cols);
-        let d: Vec<f64> = words(value, width)
+        // The delta in f32: the fit only steers a prediction stored in 8 bits.
+        let d: Vec<f32> = words(value, width)
             .zip(words(base, width))
             .map(|(v, b)| {
-                let (v, b) = (value_of(kind, v), value_of(kind, b));
-                if v.is_finite() && b.is_finite() {
-                    v as f64 - b as f64
+                let x = (value_of(kind, v) as f64 - value_of(kind, b) as f64) as f32;
+                if x.is_finite() {
+                    x
                 } else {
                     0.0
                 }
@@ -180,33 +269,23 @@ impl LowRank {
         let narrow_cols = cols <= rows;
         let mut g = vec![0.0f64; s * s];
         if narrow_cols {
-            // Row by row of the delta, whole rows of G (a fixed length that vectorises), in f32
-            // over blocks of 64 rows, then summed in f64: the fit only steers the prediction.
-            let (mut block, mut r32) = (vec![0.0f32; s * s], vec![0.0f32; cols]);
-            for rows64 in d.chunks(64 * cols) {
-                block.iter_mut().for_each(|x| *x = 0.0);
-                for r in rows64.chunks_exact(cols) {
-                    r32.iter_mut().zip(r).for_each(|(y, &x)| *y = x as f32);
-                    for (gp, &rp) in block.chunks_exact_mut(s).zip(&r32) {
-                        for (gq, &x) in gp.iter_mut().zip(&r32) {
-                            *gq += rp * x;
-                        }
-                    }
+            g = simd(|| gram(&d, cols), || {
+                // SAFETY: the function only enables AVX2, which the caller detected.
+                #[allow(unsafe_code)]
+                unsafe {
+                    gram_avx2(&d, cols)
                 }
-                for (gq, &x) in g.iter_mut().zip(&block) {
-                    *gq += x as f64;
-                }
-            }
+            });
         } else {
             for p in 0..s {
                 for q in p..s {
-                    let x: f64 = d[p * cols..p * cols + cols].iter().zip(&d[q * cols..q * cols + cols]).map(|(a, b)| a * b).sum();
+                    let x: f64 = d[p * cols..p * cols + cols].iter().zip(&d[q * cols..q * cols + cols]).map(|(&a, &b)| a as f64 * b as f64).sum();
                     g[p * s + q] = x;
                     g[q * s + p] = x;
                 }
             }
         }
-        let (vals, vecs) = eigen(g, s);
+        let (vals, vecs) = eigen(&g, s)?;
         let total: f64 = vals.iter().map(|&x| x.max(0.0)).sum();
         if total <= 0.0 || !total.is_finite() {
             return None;
@@ -219,21 +298,38 @@ impl LowRank {
         if k > MAX_RANK.min(s / 2) {
             return None;
         }
-        let (mut u, mut v, mut scales) = (vec![0i8; rows * k], vec![0i8; k * cols], Vec::with_capacity(k));
-        for c in 0..k {
-            let e = &vecs[c * s..c * s + s];
-            // The narrow side's direction is e; the wide side's is the delta applied to it.
-            let (uc, vc): (Vec<f64>, Vec<f64>) = if narrow_cols {
-                (d.chunks_exact(cols).map(|r| r.iter().zip(e).map(|(a, b)| a * b).sum()).collect(), e.to_vec())
-            } else {
-                let mut w = vec![0.0f64; cols];
-                for (r, &ei) in d.chunks_exact(cols).zip(e) {
-                    for (wj, &x) in w.iter_mut().zip(r) {
-                        *wj += ei * x;
+        // The wide side's directions are the delta applied to the narrow side's, all k at once
+        // (`wide[i * k + c]`, a fixed length per step that vectorises).
+        let wide_len = if narrow_cols { rows } else { cols };
+        let mut wide = vec![0.0f32; wide_len * k];
+        let mut et = vec![0.0f32; s * k];
+        for (j, row) in et.chunks_exact_mut(k).enumerate() {
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = vecs[c * s + j] as f32;
+            }
+        }
+        if narrow_cols {
+            wide = simd(|| wide_of_rows(&d, &et, k), || {
+                // SAFETY: the function only enables AVX2, which the caller detected.
+                #[allow(unsafe_code)]
+                unsafe {
+                    wide_of_rows_avx2(&d, &et, k)
+                }
+            });
+        } else {
+            for (r, e) in d.chunks_exact(cols).zip(et.chunks_exact(k)) {
+                for (&x, w) in r.iter().zip(wide.chunks_exact_mut(k)) {
+                    for (a, &y) in w.iter_mut().zip(e) {
+                        *a += x * y;
                     }
                 }
-                (e.to_vec(), w)
-            };
+            }
+        }
+        let (mut u, mut v, mut scales) = (vec![0i8; rows * k], vec![0i8; k * cols], Vec::with_capacity(k));
+        for c in 0..k {
+            let e: Vec<f64> = vecs[c * s..c * s + s].to_vec();
+            let w: Vec<f64> = wide.iter().skip(c).step_by(k).map(|&x| x as f64).collect();
+            let (uc, vc) = if narrow_cols { (w, e) } else { (e, w) };
             let (uq, su) = quantise(&uc);
             let (vq, sv) = quantise(&vc);
             for (i, &x) in uq.iter().enumerate() {
@@ -260,6 +356,11 @@ impl LowRank {
     /// normal numbers and the rounding to the element type, none of which a flush-to-zero or
     /// denormals-are-zero mode can change.
     pub fn predict(&self, base: &[u8], kind: FloatKind) -> Option<Vec<u8>> {
+        self.predict_with(base, kind, true)
+    }
+
+    /// [`LowRank::predict`], with AVX2 where the processor has it only if `simd`.
+    fn predict_with(&self, base: &[u8], kind: FloatKind, simd: bool) -> Option<Vec<u8>> {
         let width = width_of(kind)?;
         let (k, cols) = (self.rank(), self.cols);
         if base.len() != self.rows * cols * width {
@@ -276,38 +377,29 @@ impl LowRank {
         // The sums are of integers: |q| <= 2^15, the factors are i8 and there are at most
         // MAX_RANK terms, so every partial sum is an integer below 2^34 and f64 arithmetic on
         // them is exact, in any order and on any machine. f64 vectorises; i64 products do not.
-        let vq: Vec<f64> = self.v.iter().map(|&x| x as f64).collect();
-        let mut out = vec![0u8; base.len()];
-        let mut acc = vec![0f64; cols];
-        let one = |b: u64, p: f64| -> u64 {
-            let bf = value_of(kind, b);
-            let f = bf as f64 + p * unit;
-            let ok = normal(bf) && f.abs() >= f32::MIN_POSITIVE as f64 && f.abs() <= f32::MAX as f64;
-            if ok {
-                bits_of(kind, f as f32)
-            } else {
-                b
-            }
-        };
-        for (i, (brow, orow)) in base.chunks_exact(cols * width).zip(out.chunks_exact_mut(cols * width)).enumerate() {
-            acc.iter_mut().for_each(|a| *a = 0.0);
-            for c in 0..k {
-                let coef = q[c] * self.u[i * k + c] as f64;
-                for (a, &x) in acc.iter_mut().zip(&vq[c * cols..c * cols + cols]) {
-                    *a += coef * x;
-                }
-            }
-            // Two- and four-byte elements as words, without a per-byte loop.
-            if width == 2 {
-                for ((b, o), &p) in brow.chunks_exact(2).zip(orow.chunks_exact_mut(2)).zip(&acc) {
-                    o.copy_from_slice(&(one(u16::from_le_bytes([b[0], b[1]]) as u64, p) as u16).to_le_bytes());
-                }
-            } else {
-                for ((b, o), &p) in brow.chunks_exact(4).zip(orow.chunks_exact_mut(4)).zip(&acc) {
-                    o.copy_from_slice(&(one(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64, p) as u32).to_le_bytes());
-                }
+        // The column factors padded with zeros to whole blocks.
+        let stride = cols.next_multiple_of(BLOCK);
+        let mut vq = vec![0f64; k * stride];
+        for (dst, src) in vq.chunks_exact_mut(stride).zip(self.v.chunks_exact(cols)) {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = x as f64;
             }
         }
+        let mut out = vec![0u8; base.len()];
+        let rows = Rows { base, width, cols, k, q: &q, u: &self.u, vq: &vq, stride, unit };
+        #[cfg(target_arch = "x86_64")]
+        if simd && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the function only enables AVX2, which the processor was just found to
+            // have. The arithmetic is the same (no fused operations), so the bits are too.
+            #[allow(unsafe_code)]
+            unsafe {
+                rows.predict_avx2(&mut out)
+            };
+            return Some(out);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = simd;
+        rows.predict(&mut out);
         Some(out)
     }
 
@@ -402,6 +494,64 @@ mod tests {
             assert_eq!(back.predict(&base, kind), Some(pred));
             assert_eq!(back.predict(&base[4..], kind), None);
             assert_eq!(back.predict(&base, FloatKind::F16), None);
+        }
+        Ok(())
+    }
+
+    /// The prediction as its definition states it, one element at a time.
+    fn predict_reference(lr: &LowRank, base: &[u8], kind: FloatKind) -> Vec<u8> {
+        let width = width_of(kind).unwrap_or(4);
+        let top = lr.scales.iter().copied().filter(|s| s.is_normal()).fold(0.0f32, |a, s| a.max(s.abs()));
+        let q: Vec<f64> = lr.scales.iter().map(|&s| if s.is_normal() { (s as f64 / top as f64 * 32768.0).round() } else { 0.0 }).collect();
+        let unit = top as f64 / 32768.0;
+        let k = lr.rank();
+        words(base, width)
+            .enumerate()
+            .flat_map(|(e, b)| {
+                let (i, j) = (e / lr.cols, e % lr.cols);
+                let p: f64 = (0..k).map(|c| q[c] * lr.u[i * k + c] as f64 * lr.v[c * lr.cols + j] as f64).sum();
+                let bf = value_of(kind, b);
+                let f = bf as f64 + p * unit;
+                let w = if top != 0.0 && bf.is_normal() && f.abs() >= f32::MIN_POSITIVE as f64 && f.abs() <= f32::MAX as f64 { bits_of(kind, f as f32) } else { b };
+                w.to_le_bytes()[..width].to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prediction_matches_its_definition_on_every_kind_of_element() -> Result<(), String> {
+        let mut rng = crate::testrand::XorShift::new(77);
+        let (rows, cols, k) = (40, 24, 5);
+        for kind in [FloatKind::BF16, FloatKind::F32] {
+            let width = width_of(kind).unwrap_or(4);
+            for round in 0..20 {
+                let mut r = || rng.next_u64();
+                let u: Vec<i8> = (0..rows * k).map(|_| r() as i8).collect();
+                let v: Vec<i8> = (0..k * cols).map(|_| r() as i8).collect();
+                // Scales from tiny to huge, so that sums overflow, underflow and round.
+                let scales: Vec<f32> = (0..k).map(|c| f32::from_bits(((r() % 200 + 20) as u32) << 23 | (r() as u32 & 0x7f_ffff)) * if c == 2 { -1.0 } else { 1.0 }).collect();
+                let lr = LowRank { rows, cols, scales, u, v };
+                // Bases with zeros, subnormals, infinities, NaNs and the largest values.
+                let base: Vec<u8> = (0..rows * cols)
+                    .flat_map(|e| {
+                        let x = r();
+                        let w: u64 = match (e + round) % 11 {
+                            0 => 0,
+                            1 => x & 0x7f,
+                            2 => if width == 2 { 0x7f80 } else { 0x7f80_0000 },
+                            3 => if width == 2 { 0xffc1 } else { 0xffc0_0001 },
+                            4 => if width == 2 { 0x7f7f } else { 0x7f7f_ffff },
+                            _ => x,
+                        };
+                        w.to_le_bytes()[..width].to_vec()
+                    })
+                    .collect();
+                let want = predict_reference(&lr, &base, kind);
+                for simd in [false, true] {
+                    let got = lr.predict_with(&base, kind, simd).ok_or("no prediction")?;
+                    assert!(got == want, "{kind:?} round {round} simd {simd}");
+                }
+            }
         }
         Ok(())
     }

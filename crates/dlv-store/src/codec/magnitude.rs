@@ -29,7 +29,7 @@
 //! number of rANS words (u32 LE) and the words (u16 LE), then the stored bits in u32 LE words,
 //! least significant bit first.
 
-use super::classes;
+use super::{classes, residual};
 use super::lowrank::LowRank;
 use super::{load, rans, FloatKind};
 
@@ -39,6 +39,9 @@ use super::{load, rans, FloatKind};
 pub enum Format {
     Symbols,
     Classes,
+    /// Byte planes of the residual ([`super::residual`]): for dense deltas, against a low-rank
+    /// prediction.
+    Planes,
 }
 
 /// Frequencies sum to `2^SCALE_BITS`: a decoding table per context is 1024 u32 entries, so the
@@ -157,6 +160,26 @@ fn encode(value: &[u8], base: &[u8], kind: FloatKind, row: usize, offset: u64, b
 /// is not supported or the stream would not be smaller than `budget` bytes (for symbols,
 /// estimated before coding, to within a few bytes).
 pub fn encode_formats(value: &[u8], base: &[u8], kind: FloatKind, (row, offset): (usize, u64), budget: usize, formats: &[Format]) -> Vec<Option<Vec<u8>>> {
+    encode_with(value, base, kind, (row, offset), budget, formats, Against::Either)
+}
+
+/// What [`encode_one`] codes a chunk against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Against {
+    /// The base, and the low-rank prediction where one is fitted; the smaller is kept.
+    Either,
+    /// The base only (no fit).
+    Base,
+    /// The low-rank prediction only: `None` where none is fitted.
+    Prediction,
+}
+
+/// [`encode_formats`] for one format, against what `against` says.
+pub fn encode_one(value: &[u8], base: &[u8], kind: FloatKind, (row, offset): (usize, u64), format: Format, against: Against) -> Option<Vec<u8>> {
+    encode_with(value, base, kind, (row, offset), usize::MAX, &[format], against).pop().flatten()
+}
+
+fn encode_with(value: &[u8], base: &[u8], kind: FloatKind, (row, offset): (usize, u64), budget: usize, formats: &[Format], against: Against) -> Vec<Option<Vec<u8>>> {
     let none = || formats.iter().map(|_| None).collect();
     let Some((shape, width)) = Shape::of(kind) else { return none() };
     if value.len() != base.len() || value.is_empty() || !value.len().is_multiple_of(width) {
@@ -171,12 +194,17 @@ pub fn encode_formats(value: &[u8], base: &[u8], kind: FloatKind, (row, offset):
         (Format::Symbols, _) => encode_w::<4>(value, against, shape, row, first, budget),
         (Format::Classes, 2) => classes::encode_w::<2>(value, against, shape, (row, first)).filter(|c| c.len() < budget),
         (Format::Classes, _) => classes::encode_w::<4>(value, against, shape, (row, first)).filter(|c| c.len() < budget),
+        (Format::Planes, 2) => residual::encode_w::<2>(value, against).filter(|c| c.len() < budget),
+        (Format::Planes, _) => residual::encode_w::<4>(value, against).filter(|c| c.len() < budget),
     };
-    let fitted = LowRank::fit(value, base, kind, row).filter(|_| phase == 0).and_then(|lr| Some((lr.to_bytes()?, lr.predict(base, kind)?)));
+    let fitted = match against {
+        Against::Base => None,
+        _ => LowRank::fit(value, base, kind, row).filter(|_| phase == 0).and_then(|lr| Some((lr.to_bytes()?, lr.predict(base, kind)?))),
+    };
     formats
         .iter()
         .map(|&format| {
-            let plain = body(format, base, budget);
+            let plain = if against == Against::Prediction { None } else { body(format, base, budget) };
             let limit = plain.as_ref().map_or(budget, |p| p.len().min(budget));
             let predicted = fitted.as_ref().and_then(|(block, pred)| {
                 let rest = body(format, pred, limit.checked_sub(1 + block.len())?)?;
@@ -611,6 +639,9 @@ fn decode_elements<const W: usize, const SHIFT: u32, const EMASK: u64>(
 fn decode_w<const W: usize>(data: &[u8], base: &[u8], shape: Shape, n: usize, out: &mut [u8]) -> Result<(), String> {
     if n == 0 {
         return if data.is_empty() { Ok(()) } else { Err("magnitude stream for an empty chunk".into()) };
+    }
+    if data.first() == Some(&residual::FORMAT) {
+        return residual::decode_w::<W>(data, base, n, out);
     }
     if data.first() == Some(&classes::FORMAT) {
         return match (W, shape.shift) {

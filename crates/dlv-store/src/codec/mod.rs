@@ -8,6 +8,7 @@
 //! rest. See `docs/STORAGE.md` for the byte layout.
 
 mod classes;
+mod residual;
 pub mod entropy;
 pub mod lowrank;
 pub mod magnitude;
@@ -375,24 +376,18 @@ impl EncodedChunk {
 /// The chunk starts at element `offset` of its tensor: the magnitude coder aligns its segments
 /// to the tensor's rows.
 pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc: Encoding, offset: u64) -> EncodedChunk {
-    let magnitude_allowed = matches!(enc.delta, DeltaMode::Auto | DeltaMode::Int) && enc.compression == Compression::Max;
+    let magnitude_allowed = matches!(enc.delta, DeltaMode::Auto | DeltaMode::Int);
     let fits = magnitude::supports(layout.float) && magnitude::width_of(layout.float) == layout.width;
     let (best, bits) = plane_candidate(value, base, layout, enc.delta);
     let Some(base) = base.filter(|b| magnitude_allowed && fits && b.len() == value.len()) else {
         return encode_planes(value, base, layout, best);
     };
-    let mut ms = encode_magnitude(value, base, layout, offset).into_iter();
-    let (classes, symbols) = (ms.next().flatten(), ms.next().flatten());
-    // Class planes decode faster than symbols (twice as fast on the benchmark's later deltas):
-    // they are kept unless symbols are smaller by more than CLASSES_SLACK.
-    let m = match (classes, symbols) {
-        (Some(c), Some(s)) if s.stored_len() as f64 * CLASSES_SLACK < c.stored_len() as f64 => s,
-        (Some(c), _) => c,
-        (None, Some(s)) => s,
-        (None, None) => return encode_planes(value, Some(base), layout, best),
+    let m = match enc.compression {
+        Compression::Fast => encode_fast_delta(value, base, layout, offset),
+        Compression::Max => encode_max_delta(value, base, layout, offset),
     };
-    // Byte planes are coded too unless their estimate (order-0, sampled) is clearly larger:
-    // coding both is most of the encoder's time at this level.
+    let Some(m) = m else { return encode_planes(value, Some(base), layout, best) };
+    // Byte planes are coded too unless their estimate (order-0, sampled) is clearly larger.
     if (m.stored_len() as f64) < PLANES_SKIP * bits / 8.0 {
         return m;
     }
@@ -402,6 +397,69 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc
     } else {
         planes
     }
+}
+
+/// The default level's magnitude candidate for a float delta: class planes where at most
+/// [`SPARSE_AT`] of the elements changed; where more did, residual planes against a low-rank
+/// prediction if one fits (`None` otherwise: plain byte planes code a dense delta as small as
+/// class planes, at twice their decoding speed).
+fn encode_fast_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Option<EncodedChunk> {
+    let n = value.len() / layout.width.max(1);
+    let changed = count_changed(value, base, layout.width);
+    let (format, against) = if (changed as f64) <= SPARSE_AT * n as f64 {
+        (magnitude::Format::Classes, magnitude::Against::Base)
+    } else {
+        (magnitude::Format::Planes, magnitude::Against::Prediction)
+    };
+    let coded = magnitude::encode_one(value, base, layout.float, magnitude_rows(layout, offset), format, against)?;
+    Some(magnitude_chunk(coded, layout.float, n as u64))
+}
+
+/// At [`Compression::Max`]: class planes and (for floats wider than two bytes) symbols, each
+/// against the base or the low-rank prediction; the smallest.
+fn encode_max_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Option<EncodedChunk> {
+    let mut ms = encode_magnitude(value, base, layout, offset).into_iter();
+    let (classes, symbols) = (ms.next().flatten(), ms.next().flatten());
+    // Class planes decode faster than symbols (twice as fast on the benchmark's later deltas):
+    // they are kept unless symbols are smaller by more than CLASSES_SLACK.
+    match (classes, symbols) {
+        (Some(c), Some(s)) if s.stored_len() as f64 * CLASSES_SLACK < c.stored_len() as f64 => Some(s),
+        (Some(c), _) => Some(c),
+        (None, s) => s,
+    }
+}
+
+/// Elements whose bit pattern differs between `value` and `base`.
+fn count_changed(value: &[u8], base: &[u8], width: usize) -> usize {
+    match width {
+        2 => value.chunks_exact(2).zip(base.chunks_exact(2)).filter(|(v, b)| v != b).count(),
+        4 => value.chunks_exact(4).zip(base.chunks_exact(4)).filter(|(v, b)| v != b).count(),
+        w => value.chunks_exact(w.max(1)).zip(base.chunks_exact(w.max(1))).filter(|(v, b)| v != b).count(),
+    }
+}
+
+/// At the default level, class planes code deltas where at most this share of the elements
+/// changed (the benchmark's bf16 series: 47% and fewer after the first delta of a run).
+const SPARSE_AT: f64 = 0.5;
+
+/// The magnitude coder's segments: the tensor's rows where known, and where the chunk starts
+/// in them.
+fn magnitude_rows(layout: TensorLayout, offset: u64) -> (usize, u64) {
+    if layout.row > 0 {
+        (layout.row, offset)
+    } else {
+        (DEFAULT_SEGMENT, 0)
+    }
+}
+
+/// A chunk of one magnitude stream (the float kind, then the coder's stream).
+fn magnitude_chunk(coded: Vec<u8>, float: FloatKind, elems: u64) -> EncodedChunk {
+    let mut stream = Vec::with_capacity(1 + coded.len());
+    stream.push(float as u8);
+    stream.extend_from_slice(&coded);
+    let desc = StreamDesc { coder: Coder::Magnitude, len: stream.len() as u64, sum: plane_sum(&stream) };
+    let header = ChunkHeader { elems, transform: Transform::Magnitude, flags: 0, mask: None, streams: vec![desc] };
+    EncodedChunk { header, streams: vec![stream] }
 }
 
 /// At [`Compression::Max`], class planes are kept unless symbols are smaller by more than
@@ -416,7 +474,6 @@ const PLANES_SKIP: f64 = 0.9;
 
 /// The chunk as magnitude streams: class planes, then (for floats wider than two bytes) symbols.
 fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Vec<Option<EncodedChunk>> {
-    let (row, offset) = if layout.row > 0 { (layout.row, offset) } else { (DEFAULT_SEGMENT, 0) };
     // Two-byte deltas have few bits below their leading one to store, and class planes code
     // them as small as symbols (the benchmark's bf16 series: the same size to 0.1%) at 1.7x
     // the encode speed; for wider floats symbols are 4% smaller.
@@ -425,17 +482,9 @@ fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64
         _ => &[magnitude::Format::Classes, magnitude::Format::Symbols],
     };
     let elems = (value.len() / layout.width.max(1)) as u64;
-    magnitude::encode_formats(value, base, layout.float, (row, offset), usize::MAX, formats)
+    magnitude::encode_formats(value, base, layout.float, magnitude_rows(layout, offset), usize::MAX, formats)
         .into_iter()
-        .map(|coded| {
-            let coded = coded?;
-            let mut stream = Vec::with_capacity(1 + coded.len());
-            stream.push(layout.float as u8);
-            stream.extend_from_slice(&coded);
-            let desc = StreamDesc { coder: Coder::Magnitude, len: stream.len() as u64, sum: plane_sum(&stream) };
-            let header = ChunkHeader { elems, transform: Transform::Magnitude, flags: 0, mask: None, streams: vec![desc] };
-            Some(EncodedChunk { header, streams: vec![stream] })
-        })
+        .map(|coded| Some(magnitude_chunk(coded?, layout.float, elems)))
         .collect()
 }
 
@@ -690,7 +739,7 @@ fn transform_words(w: &mut [u64], base: Option<&[u64]>, width: usize, t: Transfo
 /// Codes one plane with its smallest coder, trying the split by context (`words`, `p`: the
 /// element's higher bytes are all zero) where one is given and the order-0 estimate says the
 /// split could pay.
-fn code_plane(plane: &[u8], lead: Option<&[bool]>) -> (Coder, Vec<u8>) {
+pub(super) fn code_plane(plane: &[u8], lead: Option<&[bool]>) -> (Coder, Vec<u8>) {
     let Some(is_lead) = lead else { return stream::encode(plane) };
     let mut h = [[0u64; 256]; 2];
     for (&x, &l) in plane.iter().zip(is_lead) {
