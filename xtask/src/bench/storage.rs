@@ -103,8 +103,10 @@ pub fn run() -> Result<()> {
     let ft16: Vec<Vec<Tensor>> = finetunes.iter().map(|s| to_tensors(s, true)).collect();
 
     let mut rows = Vec::new();
-    // The same data with `storage.compression = "max"` (the magnitude coder where smaller).
-    let mut max_rows = Vec::new();
+    // The same data at the other compression levels: `fast` (byte planes only) and `max` (the
+    // magnitude coder wherever smaller).
+    let (mut fast_rows, mut max_rows) = (Vec::new(), Vec::new());
+    const FAST: &str = "compression = \"fast\"";
     const MAX: &str = "compression = \"max\"";
     for (label, snaps) in [("fp32 series", &fp32), ("bf16 series", &bf16)] {
         let dir = work.join(label.replace(' ', "-"));
@@ -112,6 +114,7 @@ pub fn run() -> Result<()> {
         let recipe = reference_recipe(snaps, None);
         let entropy = entropy_bound(snaps, None);
         rows.push((label.to_string(), r, recipe, entropy));
+        fast_rows.push(store_series_with(&dlv, &work.join(format!("{}-fast", label.replace(' ', "-"))), snaps, None, true, FAST)?);
         max_rows.push(store_series_with(&dlv, &work.join(format!("{}-max", label.replace(' ', "-"))), snaps, None, true, MAX)?);
     }
     for (label, variants, base) in [("fp32 fine-tunes", &ft32, &fp32[SNAPSHOTS - 1]), ("bf16 fine-tunes", &ft16, &bf16[SNAPSHOTS - 1])] {
@@ -120,6 +123,7 @@ pub fn run() -> Result<()> {
         let recipe = reference_recipe(variants, Some(base));
         let entropy = entropy_bound(variants, Some(base));
         rows.push((label.to_string(), r, recipe, entropy));
+        fast_rows.push(store_series_with(&dlv, &work.join(format!("{}-fast", label.replace(' ', "-"))), variants, Some(base), false, FAST)?);
         max_rows.push(store_series_with(&dlv, &work.join(format!("{}-max", label.replace(' ', "-"))), variants, Some(base), false, MAX)?);
     }
     // The cost of bounded chains: the fp32 series again with unbounded chains. And XOR-only
@@ -175,23 +179,27 @@ pub fn run() -> Result<()> {
         println!("{:<16} {label}: frozen layer stored once: {}", "", r.frozen_free);
     }
 
-    println!("\nwith storage.compression = \"max\" (the magnitude coder, kept per chunk where smaller)");
-    println!("{:<16} {:>7} {:>9} {:>12} {:>9}", "", "dlv", "+repack", "vs default", "dlv/ref");
-    for ((label, r, recipe, _), m) in rows.iter().zip(&max_rows) {
-        let raw = r.raw as f64;
-        println!(
-            "{label:<16} {:>6.2}x {:>8.2}x {:>11.3}x {:>8.3}x",
-            raw / m.stored as f64,
-            raw / m.repacked as f64,
-            r.stored as f64 / m.stored as f64,
-            *recipe as f64 / m.stored as f64
-        );
+    for (level, what, level_rows) in [("fast", "byte planes only", &fast_rows), ("max", "the magnitude coder, kept per chunk where smaller", &max_rows)] {
+        println!("\nwith storage.compression = \"{level}\" ({what}; the default is \"balanced\")");
+        println!("{:<16} {:>7} {:>9} {:>12} {:>9}", "", "dlv", "+repack", "vs default", "dlv/ref");
+        for ((label, r, recipe, _), m) in rows.iter().zip(level_rows.iter()) {
+            let raw = r.raw as f64;
+            println!(
+                "{label:<16} {:>6.2}x {:>8.2}x {:>11.3}x {:>8.3}x",
+                raw / m.stored as f64,
+                raw / m.repacked as f64,
+                r.stored as f64 / m.stored as f64,
+                *recipe as f64 / m.stored as f64
+            );
+        }
     }
 
     println!("\nthroughput through the dlv binary (MB/s of raw tensor files; one process per snapshot, like cp)");
     println!("{:<21} {:>7} {:>12} {:>10} {:>12} {:>10}", "", "cp", "dlv commit", "vs cp", "dlv checkout", "vs cp");
+    let fast_labels: Vec<String> = rows.iter().map(|row| format!("{}, fast", row.0)).collect();
     let max_labels: Vec<String> = rows.iter().map(|row| format!("{}, max", row.0)).collect();
-    for (label, r) in rows.iter().map(|row| (&row.0, &row.1)).chain(max_labels.iter().zip(&max_rows)).filter(|(_, r)| r.checkout_secs > 0.0) {
+    let levels = || fast_labels.iter().zip(&fast_rows).chain(max_labels.iter().zip(&max_rows));
+    for (label, r) in rows.iter().map(|row| (&row.0, &row.1)).chain(levels()).filter(|(_, r)| r.checkout_secs > 0.0) {
         let mb = r.raw as f64 / 1e6;
         println!(
             "{label:<21} {:>7.1} {:>12.1} {:>9.2}x {:>12.1} {:>9.2}x",
@@ -206,7 +214,7 @@ pub fn run() -> Result<()> {
     // The machine is shared: each figure is the best of a few runs (DLV_BENCH_ROUNDS, default 3).
     let rounds: usize = std::env::var("DLV_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
     println!("\ncodec throughput in memory (MB/s of raw tensor bytes; BLAKE3 of the value included, no disk; best of {rounds} runs)");
-    println!("{:<16} {:>14} {:>14} {:>14} {:>14}", "", "encode 1 core", "decode 1 core", "encode 2 cores", "decode 2 cores");
+    println!("{:<18} {:>14} {:>14} {:>14} {:>14}", "", "encode 1 core", "decode 1 core", "encode 2 cores", "decode 2 cores");
     let best = |snaps: &[Vec<Tensor>], threads: usize, enc: dlv_store::Encoding| -> Result<(f64, f64)> {
         let mut b = (0f64, 0f64);
         for _ in 0..rounds {
@@ -215,16 +223,19 @@ pub fn run() -> Result<()> {
         }
         Ok(b)
     };
+    let fast = dlv_store::Encoding { compression: dlv_store::Compression::Fast, ..Default::default() };
     let max = dlv_store::Encoding { compression: dlv_store::Compression::Max, ..Default::default() };
     for (label, snaps, enc) in [
         ("fp32 series", &fp32, dlv_store::Encoding::default()),
         ("bf16 series", &bf16, dlv_store::Encoding::default()),
+        ("fp32 series, fast", &fp32, fast),
+        ("bf16 series, fast", &bf16, fast),
         ("fp32 series, max", &fp32, max),
         ("bf16 series, max", &bf16, max),
     ] {
         let one = best(snaps, 1, enc)?;
         let all = best(snaps, 0, enc)?;
-        println!("{label:<16} {:>14.1} {:>14.1} {:>14.1} {:>14.1}", one.0, one.1, all.0, all.1);
+        println!("{label:<18} {:>14.1} {:>14.1} {:>14.1} {:>14.1}", one.0, one.1, all.0, all.1);
     }
     println!("{:<16} (each snapshot coded against the one before, as a commit does; targets: 300 encode, 1000 decode per core)", "");
 
@@ -244,7 +255,7 @@ pub fn run() -> Result<()> {
 
     println!("\nentropy coder study (fp32 series, byte planes of the integer delta, first 5 deltas; MB):");
     coder_study(&fp32);
-    for (label, r) in rows.iter().map(|row| (&row.0, &row.1)).chain(max_labels.iter().zip(&max_rows)) {
+    for (label, r) in rows.iter().map(|row| (&row.0, &row.1)).chain(levels()) {
         if !r.identical {
             bail!("{label}: a checkout differs from the committed file");
         }

@@ -487,7 +487,7 @@ fn read_stream(data: &[u8], at: usize, n: usize) -> Result<(Vec<u8>, usize), Str
 }
 
 /// Decodes a stream of `n` elements (`W` bytes each, the float kind `shape` describes) against
-/// `base` into `out`. Every length is checked against `n`, so a corrupt stream is an error,
+/// `base` into `out`, which holds `base` on entry (only changed elements are written). Every length is checked against `n`, so a corrupt stream is an error,
 /// never a panic or a large allocation; the value's hash covers the rest.
 pub(super) fn decode_w<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
     decode_with::<W, SHIFT, EMASK>(data, base, n, out, has_bmi2())
@@ -496,10 +496,8 @@ pub(super) fn decode_w<const W: usize, const SHIFT: u32, const EMASK: u64>(data:
 /// [`decode_w`], with the SSE2 and BMI2 instructions only if `bmi2`.
 fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8], bmi2: bool) -> Result<(), String> {
     let Head { seg, first, nseg, side: side_z, end } = read_head(data, FORMAT, n)?;
-    let side = zstd::bulk::decompress(side_z, 3 * nseg).map_err(|e| format!("class planes side information: {e}"))?;
-    if side.len() != 3 * nseg {
-        return Err("class planes side information does not match the segments".into());
-    }
+    // Exactly three bytes per segment, or an error.
+    let side = stream::unzstd(side_z, 3 * nseg).map_err(|e| format!("class planes side information: {e}"))?;
     let segs: Vec<Segment> = side.chunks_exact(3).map(|c| Segment { typical: u16::from_le_bytes([c[0], c[1]]), main: c[2] }).collect();
     if segs.iter().any(|s| s.main > 1 || (s.typical == 0 && s.main != 0)) {
         return Err("class planes segment out of range".into());
@@ -537,7 +535,7 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
     if base.len() != n * W || out.len() != n * W {
         return Err("class planes stream: base chunk does not match".into());
     }
-    out.copy_from_slice(base);
+    // `out` holds the base already: only changed elements are written.
     let wmask = if W == 8 { u64::MAX } else { (1u64 << (8 * W)) - 1 };
     let mut cursor = [0usize; CLASSES];
     let field = EMASK << SHIFT;
@@ -649,7 +647,7 @@ mod tests {
         let coded = encode_with::<W>(value, base, shape, segs, false).ok_or("not coded")?;
         assert!(encode_with::<W>(value, base, shape, segs, has_bmi2()) == Some(coded.clone()), "W {W}, segments {segs:?}");
         for bmi2 in [false, has_bmi2()] {
-            let mut out = vec![0u8; value.len()];
+            let mut out = base.to_vec();
             decode_with::<W, SHIFT, EMASK>(&coded, base, value.len() / W, &mut out, bmi2)?;
             assert!(out == value, "W {W}, segments {segs:?}, bmi2 {bmi2}");
         }

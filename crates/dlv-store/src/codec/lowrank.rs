@@ -39,6 +39,7 @@ pub struct LowRank {
     v: Vec<i8>,
 }
 
+#[cfg(test)]
 fn value_of(kind: FloatKind, w: u64) -> f32 {
     match kind {
         FloatKind::BF16 => f32::from_bits((w as u32) << 16),
@@ -58,7 +59,7 @@ fn bits_of(kind: FloatKind, f: f32) -> u64 {
 
 /// Whether a chunk of `n` elements in rows of `row` has the shape a prediction is fitted to
 /// (enough elements, a narrow side of at most [`MAX_SIDE`]).
-fn may_apply(row: usize, n: usize) -> bool {
+pub fn may_apply(row: usize, n: usize) -> bool {
     n >= MIN_ELEMS && row >= 2 && n.is_multiple_of(row) && (2..=MAX_SIDE).contains(&(n / row).min(row))
 }
 
@@ -70,6 +71,7 @@ fn width_of(kind: FloatKind) -> Option<usize> {
     }
 }
 
+#[cfg(test)]
 fn words(bytes: &[u8], width: usize) -> impl Iterator<Item = u64> + '_ {
     bytes.chunks_exact(width).map(|c| c.iter().rev().fold(0u64, |a, &b| (a << 8) | b as u64))
 }
@@ -111,68 +113,6 @@ fn predict_one(base: u32, p: f64, unit: f64) -> u32 {
     let a = f.abs();
     let ok = (e != 0) & (e != 0xff) & (a >= f32::MIN_POSITIVE as f64) & (a <= f32::MAX as f64);
     (f as f32).to_bits() & (ok as u32).wrapping_neg()
-}
-
-/// `portable()`, or `avx2()` where the processor has AVX2 (x86-64). Both compute the same
-/// bits: AVX2 only widens the lanes of independent sums.
-fn simd<T>(portable: impl FnOnce() -> T, avx2: impl FnOnce() -> T) -> T {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        return avx2();
-    }
-    let _ = avx2;
-    portable()
-}
-
-/// The Gram matrix `D^T D` of the `cols` columns of `d` (rows of `cols`): row by row of the
-/// delta, whole rows of G (a fixed length that vectorises), in f32 over blocks of 64 rows,
-/// then summed in f64.
-#[inline(always)]
-fn gram(d: &[f32], cols: usize) -> Vec<f64> {
-    let mut g = vec![0.0f64; cols * cols];
-    let mut block = vec![0.0f32; cols * cols];
-    for rows64 in d.chunks(64 * cols) {
-        block.iter_mut().for_each(|x| *x = 0.0);
-        for r in rows64.chunks_exact(cols) {
-            for (gp, &rp) in block.chunks_exact_mut(cols).zip(r) {
-                for (gq, &x) in gp.iter_mut().zip(r) {
-                    *gq += rp * x;
-                }
-            }
-        }
-        for (gq, &x) in g.iter_mut().zip(&block) {
-            *gq += x as f64;
-        }
-    }
-    g
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn gram_avx2(d: &[f32], cols: usize) -> Vec<f64> {
-    gram(d, cols)
-}
-
-/// Each row of `d` (rows of `et.len() / k` elements) applied to the `k` directions `et`
-/// (`et[j * k + c]`): `wide[i * k + c]`.
-#[inline(always)]
-fn wide_of_rows(d: &[f32], et: &[f32], k: usize) -> Vec<f32> {
-    let cols = et.len() / k.max(1);
-    let mut wide = vec![0.0f32; (d.len() / cols.max(1)) * k];
-    for (r, w) in d.chunks_exact(cols.max(1)).zip(wide.chunks_exact_mut(k.max(1))) {
-        for (&x, e) in r.iter().zip(et.chunks_exact(k.max(1))) {
-            for (a, &y) in w.iter_mut().zip(e) {
-                *a += x * y;
-            }
-        }
-    }
-    wide
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn wide_of_rows_avx2(d: &[f32], et: &[f32], k: usize) -> Vec<f32> {
-    wide_of_rows(d, et, k)
 }
 
 /// What [`LowRank::predict`] computes the rows from.
@@ -253,38 +193,35 @@ impl LowRank {
         }
         let (rows, cols) = (n / row, row);
         let s = rows.min(cols);
-        // The delta in f32: the fit only steers a prediction stored in 8 bits.
-        let d: Vec<f32> = words(value, width)
-            .zip(words(base, width))
-            .map(|(v, b)| {
-                let x = (value_of(kind, v) as f64 - value_of(kind, b) as f64) as f32;
-                if x.is_finite() {
-                    x
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        // The Gram matrix of the narrow side.
-        let narrow_cols = cols <= rows;
-        let mut g = vec![0.0f64; s * s];
-        if narrow_cols {
-            g = simd(|| gram(&d, cols), || {
-                // SAFETY: the function only enables AVX2, which the caller detected.
-                #[allow(unsafe_code)]
-                unsafe {
-                    gram_avx2(&d, cols)
-                }
-            });
-        } else {
-            for p in 0..s {
-                for q in p..s {
-                    let x: f64 = d[p * cols..p * cols + cols].iter().zip(&d[q * cols..q * cols + cols]).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    g[p * s + q] = x;
-                    g[q * s + p] = x;
-                }
+        // The delta in f32 (the fit only steers a prediction stored in 8 bits), row-major: as
+        // nalgebra stores matrices by column, that is the transpose (cols x rows).
+        let delta = |v: f32, b: f32| {
+            let x = v - b;
+            if x.is_finite() {
+                x
+            } else {
+                0.0
             }
-        }
+        };
+        let d: Vec<f32> = match kind {
+            FloatKind::BF16 => value
+                .chunks_exact(2)
+                .zip(base.chunks_exact(2))
+                .map(|(v, b)| delta(f32::from_bits((u16::from_le_bytes([v[0], v[1]]) as u32) << 16), f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)))
+                .collect(),
+            _ => value
+                .chunks_exact(4)
+                .zip(base.chunks_exact(4))
+                .map(|(v, b)| delta(f32::from_le_bytes([v[0], v[1], v[2], v[3]]), f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+        };
+        let dt = nalgebra::DMatrix::from_vec(cols, rows, d);
+        let dm = dt.transpose();
+        // The narrow side's Gram matrix, by nalgebra's matrix product (blocked, vectorised for
+        // the processor at run time).
+        let narrow_cols = cols <= rows;
+        let gm = if narrow_cols { &dt * &dm } else { &dm * &dt };
+        let g: Vec<f64> = gm.iter().map(|&x| x as f64).collect();
         let (vals, vecs) = eigen(&g, s)?;
         let total: f64 = vals.iter().map(|&x| x.max(0.0)).sum();
         if total <= 0.0 || !total.is_finite() {
@@ -298,37 +235,13 @@ impl LowRank {
         if k > MAX_RANK.min(s / 2) {
             return None;
         }
-        // The wide side's directions are the delta applied to the narrow side's, all k at once
-        // (`wide[i * k + c]`, a fixed length per step that vectorises).
-        let wide_len = if narrow_cols { rows } else { cols };
-        let mut wide = vec![0.0f32; wide_len * k];
-        let mut et = vec![0.0f32; s * k];
-        for (j, row) in et.chunks_exact_mut(k).enumerate() {
-            for (c, x) in row.iter_mut().enumerate() {
-                *x = vecs[c * s + j] as f32;
-            }
-        }
-        if narrow_cols {
-            wide = simd(|| wide_of_rows(&d, &et, k), || {
-                // SAFETY: the function only enables AVX2, which the caller detected.
-                #[allow(unsafe_code)]
-                unsafe {
-                    wide_of_rows_avx2(&d, &et, k)
-                }
-            });
-        } else {
-            for (r, e) in d.chunks_exact(cols).zip(et.chunks_exact(k)) {
-                for (&x, w) in r.iter().zip(wide.chunks_exact_mut(k)) {
-                    for (a, &y) in w.iter_mut().zip(e) {
-                        *a += x * y;
-                    }
-                }
-            }
-        }
+        // The wide side's directions are the delta applied to the narrow side's, all k at once.
+        let em = nalgebra::DMatrix::from_fn(s, k, |j, c| vecs[c * s + j] as f32);
+        let wm = if narrow_cols { &dm * &em } else { &dt * &em };
         let (mut u, mut v, mut scales) = (vec![0i8; rows * k], vec![0i8; k * cols], Vec::with_capacity(k));
         for c in 0..k {
             let e: Vec<f64> = vecs[c * s..c * s + s].to_vec();
-            let w: Vec<f64> = wide.iter().skip(c).step_by(k).map(|&x| x as f64).collect();
+            let w: Vec<f64> = wm.column(c).iter().map(|&x| x as f64).collect();
             let (uc, vc) = if narrow_cols { (w, e) } else { (e, w) };
             let (uq, su) = quantise(&uc);
             let (vq, sv) = quantise(&vc);
@@ -437,10 +350,8 @@ impl LowRank {
         }
         let z = HEAD.checked_add(zlen).and_then(|end| data.get(HEAD..end)).ok_or_else(|| bad("frame runs past the stream"))?;
         let want = 4 * k + rows * k + k * cols;
-        let body = zstd::bulk::decompress(z, want).map_err(|e| bad(&e.to_string()))?;
-        if body.len() != want {
-            return Err(bad("frame has the wrong length"));
-        }
+        // Exactly `want` bytes, or an error.
+        let body = super::stream::unzstd(z, want).map_err(|e| bad(&e))?;
         let scales: Vec<f32> = body[..4 * k].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         if scales.iter().any(|s| !s.is_finite()) {
             return Err(bad("scale is not finite"));

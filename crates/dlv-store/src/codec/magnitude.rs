@@ -460,7 +460,8 @@ pub(super) fn read_head(data: &[u8], format: u8, n: usize) -> Result<Head<'_>, S
 }
 
 /// Decodes a stream of `n` elements against `base` (little-endian elements of `kind`) into
-/// `out` (`n` elements' bytes). Every length and table is checked, so a corrupt stream is an
+/// `out` (`n` elements' bytes), which holds `base` on entry: class planes write only the
+/// changed elements (the other formats write every element). Every length and table is checked, so a corrupt stream is an
 /// error, never a panic or a large allocation.
 pub fn decode(data: &[u8], base: &[u8], kind: FloatKind, n: usize, out: &mut [u8]) -> Result<(), String> {
     let (shape, width) = Shape::of(kind).ok_or("magnitude stream for a tensor that is not a 2- or 4-byte float")?;
@@ -475,7 +476,11 @@ pub fn decode(data: &[u8], base: &[u8], kind: FloatKind, n: usize, out: &mut [u8
         Some(&FORMAT_LOW_RANK) => {
             let (lr, used) = LowRank::parse(&data[1..], n)?;
             let pred = lr.predict(base, kind).ok_or("magnitude stream: low-rank prediction for a float kind without it")?;
-            body(data.get(1 + used..).unwrap_or_default(), &pred, out)
+            let rest = data.get(1 + used..).unwrap_or_default();
+            if rest.first() == Some(&classes::FORMAT) {
+                out.copy_from_slice(&pred);
+            }
+            body(rest, &pred, out)
         }
         _ => body(data, base, out),
     }
@@ -734,7 +739,7 @@ mod tests {
 
     fn round_trip_at(value: &[u8], base: &[u8], kind: FloatKind, seg: usize, offset: u64, format: Format) -> Result<Option<usize>, String> {
         let Some(coded) = encode(value, base, kind, seg, offset, usize::MAX, format) else { return Ok(None) };
-        let mut out = vec![0u8; value.len()];
+        let mut out = base.to_vec();
         let width = exponent_field(kind).map_or(4, |f| f.2);
         decode(&coded, base, kind, value.len() / width, &mut out)?;
         assert_eq!(out, value, "{kind:?}, segments of {seg}, {format:?}");
@@ -859,7 +864,7 @@ mod tests {
             }
             let coded = encode(&value, &base, kind, seg, offset, usize::MAX, format);
             prop_assert!(coded.is_some());
-            let mut out = vec![0u8; value.len()];
+            let mut out = base.clone();
             decode(&coded.unwrap_or_default(), &base, kind, pairs.len(), &mut out).map_err(TestCaseError::fail)?;
             prop_assert_eq!(out, value);
         }

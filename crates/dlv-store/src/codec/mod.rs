@@ -40,7 +40,8 @@ pub enum Transform {
     /// Zigzag of the wrapping integer difference of the bit patterns (carries cross planes).
     Sub = 2,
     /// The magnitude coder (see [`magnitude`]): one stream, the float kind (u8) then the
-    /// coder's stream, decodable only with the base. Written at [`Compression::Max`].
+    /// coder's stream, decodable only with the base. Written at [`Compression::Balanced`]
+    /// and [`Compression::Max`].
     Magnitude = 3,
 }
 
@@ -99,13 +100,19 @@ impl DeltaMode {
 /// How hard the encoder works for size (`storage.compression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
-    /// Byte planes with a stream coder per plane: the fastest to decode.
-    #[default]
+    /// Byte planes with a stream coder per plane: the fastest to code and decode.
     Fast,
-    /// Byte planes, and for deltas of 2- and 4-byte floats also the magnitude coder's two
-    /// formats (contexts from the base and the row, low-rank prediction), kept where smaller.
-    /// Smaller series (bf16 6.1x against 5.5x in the benchmark); encodes at 0.3-0.6x and
-    /// decodes at 0.7-0.8x the speed of the default.
+    /// Byte planes, and for deltas of 2-byte floats (bf16, f16) the magnitude coder where it
+    /// pays: class planes where at most half the elements changed, residual planes against a
+    /// low-rank prediction where more did and the tensor has a narrow side. The benchmark's
+    /// bf16 series 6.0x against 5.5x with `Fast`, at about 0.85x its encode and decode speed;
+    /// wider floats are coded as with `Fast`.
+    #[default]
+    Balanced,
+    /// Byte planes, and for deltas of 2- and 4-byte floats also the magnitude coder's formats
+    /// (contexts from the base and the row, low-rank prediction), kept where smaller.
+    /// Smallest (bf16 6.1x in the benchmark); encodes at 0.3-0.6x and decodes at 0.7-0.8x the
+    /// speed of `Fast`.
     Max,
 }
 
@@ -113,6 +120,7 @@ impl Compression {
     pub fn parse(s: &str) -> Option<Compression> {
         Some(match s {
             "fast" => Compression::Fast,
+            "balanced" => Compression::Balanced,
             "max" => Compression::Max,
             _ => return None,
         })
@@ -128,7 +136,7 @@ pub struct Encoding {
 
 impl From<DeltaMode> for Encoding {
     fn from(delta: DeltaMode) -> Self {
-        Encoding { delta, compression: Compression::Fast }
+        Encoding { delta, compression: Compression::default() }
     }
 }
 
@@ -200,7 +208,7 @@ pub const DEFAULT_MAX_CHAIN: usize = 10;
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { max_chain: DEFAULT_MAX_CHAIN, delta: DeltaMode::Auto, reverse: true, compression: Compression::Fast }
+        StorageConfig { max_chain: DEFAULT_MAX_CHAIN, delta: DeltaMode::Auto, reverse: true, compression: Compression::default() }
     }
 }
 
@@ -235,7 +243,7 @@ impl StorageConfig {
                 cfg.compression = v
                     .as_str()
                     .and_then(Compression::parse)
-                    .ok_or_else(|| bad("storage.compression must be \"fast\" or \"max\"".into()))?;
+                    .ok_or_else(|| bad("storage.compression must be \"fast\", \"balanced\" or \"max\"".into()))?;
             }
         }
         Ok(cfg)
@@ -383,7 +391,8 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc
         return encode_planes(value, base, layout, best);
     };
     let m = match enc.compression {
-        Compression::Fast => encode_fast_delta(value, base, layout, offset),
+        Compression::Fast => None,
+        Compression::Balanced => encode_balanced_delta(value, base, layout, offset),
         Compression::Max => encode_max_delta(value, base, layout, offset),
     };
     let Some(m) = m else { return encode_planes(value, Some(base), layout, best) };
@@ -399,20 +408,41 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc
     }
 }
 
-/// The default level's magnitude candidate for a float delta: class planes where at most
-/// [`SPARSE_AT`] of the elements changed; where more did, residual planes against a low-rank
-/// prediction if one fits (`None` otherwise: plain byte planes code a dense delta as small as
-/// class planes, at twice their decoding speed).
-fn encode_fast_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Option<EncodedChunk> {
-    let n = value.len() / layout.width.max(1);
-    let changed = count_changed(value, base, layout.width);
-    let (format, against) = if (changed as f64) <= SPARSE_AT * n as f64 {
+/// [`Compression::Balanced`]'s magnitude candidate for a delta of 2-byte floats: class planes where at
+/// most [`SPARSE_AT`] of the elements changed; where more did, residual planes against a
+/// low-rank prediction if one fits (`None` otherwise: plain byte planes code a dense delta as
+/// small as class planes, at twice their decoding speed). Wider floats are left to byte
+/// planes: the magnitude coder gains about 1% on the benchmark's fp32 series, at 0.7x the
+/// speed.
+fn encode_balanced_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Option<EncodedChunk> {
+    if layout.width != 2 {
+        return None;
+    }
+    let n = value.len() / 2;
+    let (row, off) = magnitude_rows(layout, offset);
+    let (format, against) = if (changed_2(value, base) as f64) <= SPARSE_AT * n as f64 {
         (magnitude::Format::Classes, magnitude::Against::Base)
-    } else {
+    } else if lowrank::may_apply(row, n) && off % row as u64 == 0 {
         (magnitude::Format::Planes, magnitude::Against::Prediction)
+    } else {
+        return None;
     };
-    let coded = magnitude::encode_one(value, base, layout.float, magnitude_rows(layout, offset), format, against)?;
+    let coded = magnitude::encode_one(value, base, layout.float, (row, off), format, against)?;
     Some(magnitude_chunk(coded, layout.float, n as u64))
+}
+
+/// Two-byte elements whose bit pattern differs between `value` and `base` (equal lengths),
+/// four per 8-byte word.
+fn changed_2(value: &[u8], base: &[u8]) -> usize {
+    const LOW: u64 = 0x7fff_7fff_7fff_7fff;
+    let (v8, b8) = (value.chunks_exact(8), base.chunks_exact(8));
+    let tail = v8.remainder().chunks_exact(2).zip(b8.remainder().chunks_exact(2)).filter(|(v, b)| v != b).count();
+    let words = v8.zip(b8).map(|(v, b)| {
+        let x = u64::from_le_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]) ^ u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        // Bit 15 of each 16-bit lane: whether the lane is non-zero (no carry leaves a lane).
+        (((x & LOW) + LOW) | x) & !LOW
+    });
+    words.map(|t| t.count_ones() as usize).sum::<usize>() + tail
 }
 
 /// At [`Compression::Max`]: class planes and (for floats wider than two bytes) symbols, each
@@ -429,16 +459,7 @@ fn encode_max_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64
     }
 }
 
-/// Elements whose bit pattern differs between `value` and `base`.
-fn count_changed(value: &[u8], base: &[u8], width: usize) -> usize {
-    match width {
-        2 => value.chunks_exact(2).zip(base.chunks_exact(2)).filter(|(v, b)| v != b).count(),
-        4 => value.chunks_exact(4).zip(base.chunks_exact(4)).filter(|(v, b)| v != b).count(),
-        w => value.chunks_exact(w.max(1)).zip(base.chunks_exact(w.max(1))).filter(|(v, b)| v != b).count(),
-    }
-}
-
-/// At the default level, class planes code deltas where at most this share of the elements
+/// At [`Compression::Balanced`], class planes code deltas where at most this share of the elements
 /// changed (the benchmark's bf16 series: 47% and fewer after the first delta of a run).
 const SPARSE_AT: f64 = 0.5;
 
@@ -950,7 +971,8 @@ pub fn assemble_chunk(h: &ChunkHeader, r: &Residual, base: Option<&[u8]>, out: &
     let start = out.len();
     // A masked chunk starts from the base's bytes (elements outside the mask are the base's,
     // or zero without a base): written once, instead of zeroed and then copied over.
-    match base.filter(|_| r.bitmap.is_some() && h.transform != Transform::Magnitude) {
+    // So does a magnitude chunk (its decoder writes only what it must).
+    match base.filter(|_| r.bitmap.is_some() || h.transform == Transform::Magnitude) {
         Some(b) => out.extend_from_slice(b),
         None => out.resize(start + n * width, 0),
     }
@@ -1191,7 +1213,7 @@ pub fn combine(h: &ChunkHeader, mut r: Planes, base: Option<&Planes>, keep: usiz
         }
         let mut bytes = Vec::with_capacity(n * width);
         planes::join_top(b, 0, &mut bytes);
-        let mut value = vec![0u8; n * width];
+        let mut value = bytes.clone();
         decode_magnitude(&r[width - 1], &bytes, width, n, &mut value)?;
         let mut v = planes::split(&value, width);
         for p in v.iter_mut().take(width - keep.min(width)) {

@@ -281,7 +281,8 @@ pub fn decode(coder: Coder, data: &[u8], n: usize) -> Result<Vec<u8>, String> {
     }
 }
 
-fn unzstd(data: &[u8], n: usize) -> Result<Vec<u8>, String> {
+/// One zstd frame that must decode to exactly `n` bytes, with this thread's reused context.
+pub(super) fn unzstd(data: &[u8], n: usize) -> Result<Vec<u8>, String> {
     let mut out = vec![0u8; n];
     let got = DECOMPRESSOR
         .with(|d| match d.borrow_mut().as_mut() {

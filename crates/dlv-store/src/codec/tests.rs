@@ -306,6 +306,8 @@ fn unaligned_input_codes_the_same() -> Result<(), String> {
 }
 
 const MAX: Encoding = Encoding { delta: DeltaMode::Auto, compression: Compression::Max };
+const FAST: Encoding = Encoding { delta: DeltaMode::Auto, compression: Compression::Fast };
+const BALANCED: Encoding = Encoding { delta: DeltaMode::Auto, compression: Compression::Balanced };
 
 /// A training-like step on a `rows` x `cols` layer of `kind`: weights of mixed sizes, each row
 /// moving with its own scale and mostly one way, every fourth row not at all; with `rank`, the
@@ -353,7 +355,7 @@ fn max_compression_codes_float_deltas_smaller_with_the_magnitude_coder() -> Resu
     for (kind, w) in [(FloatKind::BF16, 2), (FloatKind::F16, 2), (FloatKind::F32, 4)] {
         let (base, next) = layer_step(kind, 64, 256, 0);
         let layout = TensorLayout { width: w, float: kind, row: 256 };
-        let fast = roundtrip(&next, Some(&base), layout, DeltaMode::Auto)?;
+        let fast = roundtrip(&next, Some(&base), layout, FAST)?;
         let max = roundtrip(&next, Some(&base), layout, MAX)?;
         assert_eq!(max.header.transform, Transform::Magnitude, "{kind:?}");
         assert!(max.stored_len() < fast.stored_len() * 98 / 100, "{kind:?}: {} against {}", max.stored_len(), fast.stored_len());
@@ -373,6 +375,61 @@ fn max_compression_codes_float_deltas_smaller_with_the_magnitude_coder() -> Resu
     // Nor a layout whose float kind does not match its width: byte planes, which round-trip.
     let odd = roundtrip(&next, Some(&base), TensorLayout { width: 2, float: FloatKind::F32, row: 256 }, MAX)?;
     assert_ne!(odd.header.transform, Transform::Magnitude);
+    Ok(())
+}
+
+/// The default level: for 2-byte floats, class planes where few elements changed and residual
+/// planes against a low-rank prediction where most did and the layer is narrow; wider floats
+/// and integers as byte planes, exactly as at `Fast`.
+#[test]
+fn balanced_compression_takes_the_magnitude_coder_where_it_pays() -> Result<(), String> {
+    assert_eq!(Encoding::default(), BALANCED);
+    for (kind, w) in [(FloatKind::BF16, 2), (FloatKind::F16, 2)] {
+        // A sparse step, as in a low-precision series: most large weights keep their value
+        // (the step is under half a unit in their last place), small ones move.
+        let (base, mut next) = layer_step(kind, 64, 256, 0);
+        let mut r = XorShift::new(11);
+        for (n, b) in next.chunks_exact_mut(w).zip(base.chunks_exact(w)) {
+            let exponent = match kind {
+                FloatKind::BF16 => (u16::from_le_bytes([b[0], b[1]]) >> 7) & 0xff,
+                _ => ((u16::from_le_bytes([b[0], b[1]]) >> 10) & 0x1f) + 112,
+            };
+            if exponent >= 121 || r.unit() < 0.2 {
+                n.copy_from_slice(b);
+            }
+        }
+        let layout = TensorLayout { width: w, float: kind, row: 256 };
+        let fast = roundtrip(&next, Some(&base), layout, FAST)?;
+        let balanced = roundtrip(&next, Some(&base), layout, BALANCED)?;
+        assert_ne!(fast.header.transform, Transform::Magnitude, "{kind:?}");
+        // Class planes where they are smaller (here for bf16; fp16's longer mantissa moves more
+        // units in the last place, and its byte planes stay smaller).
+        assert!(balanced.stored_len() <= fast.stored_len(), "{kind:?}: {} against {}", balanced.stored_len(), fast.stored_len());
+        if kind == FloatKind::BF16 {
+            assert_eq!(balanced.header.transform, Transform::Magnitude);
+            assert_eq!(balanced.streams[0].get(1), Some(&3), "class planes");
+            assert!(balanced.stored_len() < fast.stored_len());
+        }
+    }
+    // A dense change of low rank on a narrow layer: the low-rank block, residual planes after it.
+    let (base, next) = layer_step(FloatKind::BF16, 512, 48, 3);
+    let layout = TensorLayout { width: 2, float: FloatKind::BF16, row: 48 };
+    let fast = roundtrip(&next, Some(&base), layout, FAST)?;
+    let balanced = roundtrip(&next, Some(&base), layout, BALANCED)?;
+    assert_eq!(balanced.streams[0][..2], [FloatKind::BF16 as u8, 2]);
+    let block = u32::from_le_bytes([balanced.streams[0][7], balanced.streams[0][8], balanced.streams[0][9], balanced.streams[0][10]]) as usize;
+    assert_eq!(balanced.streams[0].get(2 + super::lowrank::HEAD + block), Some(&4), "residual planes after the block");
+    assert!(balanced.stored_len() * 10 < fast.stored_len() * 8, "{} against {}", balanced.stored_len(), fast.stored_len());
+    // The same dense change on a wide layer has no prediction: byte planes.
+    let wide = roundtrip(&next, Some(&base), TensorLayout { width: 2, float: FloatKind::BF16, row: 0 }, BALANCED)?;
+    assert_ne!(wide.header.transform, Transform::Magnitude);
+    // fp32 and integers: byte planes, the same bytes as at `Fast`.
+    let (base, next) = layer_step(FloatKind::F32, 64, 256, 0);
+    for float in [FloatKind::F32, FloatKind::None] {
+        let layout = TensorLayout { width: 4, float, row: 256 };
+        let (fast, balanced) = (roundtrip(&next, Some(&base), layout, FAST)?, roundtrip(&next, Some(&base), layout, BALANCED)?);
+        assert_eq!((fast.header, fast.streams), (balanced.header, balanced.streams), "{float:?}");
+    }
     Ok(())
 }
 
@@ -444,7 +501,11 @@ fn storage_settings_are_read_and_bad_ones_named() -> Result<(), String> {
     assert_eq!(cfg.encoding(), Encoding { delta: DeltaMode::Int, compression: Compression::Max });
     assert_eq!(cfg.max_chain, 4);
     write("")?;
-    assert_eq!(StorageConfig::load(tmp.path()).map_err(|e| e.to_string())?.compression, Compression::Fast);
+    assert_eq!(StorageConfig::load(tmp.path()).map_err(|e| e.to_string())?.compression, Compression::Balanced);
+    for (name, level) in [("fast", Compression::Fast), ("balanced", Compression::Balanced)] {
+        write(&format!("compression = \"{name}\""))?;
+        assert_eq!(StorageConfig::load(tmp.path()).map_err(|e| e.to_string())?.compression, level);
+    }
     for (body, key) in [("compression = \"ultra\"", "storage.compression"), ("compression = 3", "storage.compression"), ("delta = \"sub\"", "storage.delta")] {
         write(body)?;
         let err = StorageConfig::load(tmp.path()).err().map(|e| e.to_string()).unwrap_or_default();
@@ -466,4 +527,27 @@ fn max_compression_tensors_span_chunks_with_rows_across_them() -> Result<(), Str
     assert!(enc.chunks.iter().all(|c| c.header.transform == Transform::Magnitude));
     assert_eq!(decode_tensor(&enc, Some(&base))?, next);
     Ok(())
+}
+
+#[test]
+fn changed_two_byte_elements_are_counted() {
+    for n in [0usize, 1, 3, 4, 5, 17, 1000] {
+        let base: Vec<u8> = (0..2 * n).map(|i| (i * 7 + 3) as u8).collect();
+        let mut value = base.clone();
+        let mut want = 0;
+        for e in 0..n {
+            // Changes in the low byte, the high byte (sign bit included) or both.
+            let flip = match e % 5 {
+                0 => Some((2 * e, 1u8)),
+                1 => Some((2 * e + 1, 0x80)),
+                3 => Some((2 * e + 1, 0x01)),
+                _ => None,
+            };
+            if let Some((at, bit)) = flip {
+                value[at] ^= bit;
+                want += 1;
+            }
+        }
+        assert_eq!(super::changed_2(&value, &base), want, "n {n}");
+    }
 }
