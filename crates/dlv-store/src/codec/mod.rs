@@ -386,20 +386,24 @@ impl EncodedChunk {
 pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc: Encoding, offset: u64) -> EncodedChunk {
     let magnitude_allowed = matches!(enc.delta, DeltaMode::Auto | DeltaMode::Int);
     let fits = magnitude::supports(layout.float) && magnitude::width_of(layout.float) == layout.width;
-    let (best, bits) = plane_candidate(value, base, layout, enc.delta);
+    let planes = |base: Option<&[u8]>| encode_planes(value, base, layout, plane_candidate(value, base, layout, enc.delta, SAMPLE_ELEMS).0);
     let Some(base) = base.filter(|b| magnitude_allowed && fits && b.len() == value.len()) else {
-        return encode_planes(value, base, layout, best);
+        return planes(base);
     };
     let m = match enc.compression {
         Compression::Fast => None,
         Compression::Balanced => encode_balanced_delta(value, base, layout, offset),
         Compression::Max => encode_max_delta(value, base, layout, offset),
     };
-    let Some(m) = m else { return encode_planes(value, Some(base), layout, best) };
-    // Byte planes are coded too unless their estimate (order-0, sampled) is clearly larger.
+    let Some(m) = m else { return planes(Some(base)) };
+    // Byte planes are coded too unless their estimate (order-0, sampled) is clearly larger. At
+    // `Balanced` a quarter of the sample decides (the estimate then only gates the planes).
+    let sample = if enc.compression == Compression::Balanced { SAMPLE_ELEMS / 4 } else { SAMPLE_ELEMS };
+    let (best, bits) = plane_candidate(value, Some(base), layout, enc.delta, sample);
     if (m.stored_len() as f64) < PLANES_SKIP * bits / 8.0 {
         return m;
     }
+    let best = if sample == SAMPLE_ELEMS { best } else { plane_candidate(value, Some(base), layout, enc.delta, SAMPLE_ELEMS).0 };
     let planes = encode_planes(value, Some(base), layout, best);
     if m.stored_len() < planes.stored_len() {
         m
@@ -511,7 +515,7 @@ fn encode_magnitude(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64
 
 /// The byte-plane candidate (transform, rotation) a chunk is coded with under `mode`, and the
 /// order-0 estimate of its planes in bits.
-fn plane_candidate(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode) -> ((Transform, bool), f64) {
+fn plane_candidate(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode: DeltaMode, sample: usize) -> ((Transform, bool), f64) {
     let width = layout.width.clamp(1, 8);
     let value = &value[..value.len() / width * width];
     let mut transforms = vec![Transform::None];
@@ -523,7 +527,7 @@ fn plane_candidate(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, mode
             DeltaMode::Off => {}
         }
     }
-    best_candidate_bytes(value, base.filter(|b| b.len() == value.len()), layout, &transforms)
+    best_candidate_bytes(value, base.filter(|b| b.len() == value.len()), layout, &transforms, sample)
 }
 
 /// [`encode_chunk`] with byte planes only, as the candidate `best` (see [`plane_candidate`]).
@@ -1126,10 +1130,10 @@ fn best_candidate(value: &[u64], base: Option<&[u64]>, layout: TensorLayout, tra
 }
 
 /// [`best_candidate`] of little-endian elements, sampled straight from the bytes.
-fn best_candidate_bytes(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, transforms: &[Transform]) -> ((Transform, bool), f64) {
+fn best_candidate_bytes(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, transforms: &[Transform], sample: usize) -> ((Transform, bool), f64) {
     let width = layout.width.clamp(1, 8);
     let n = value.len() / width;
-    let stride = n.div_ceil(SAMPLE_ELEMS).max(1);
+    let stride = n.div_ceil(sample.max(1)).max(1);
     let sample = |bytes: &[u8]| -> Vec<u64> {
         bytes.chunks_exact(width).step_by(stride).map(|w| w.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64)).collect()
     };
