@@ -475,6 +475,30 @@ fn classes_of<const W: usize>(bmi2: bool, group: &[u8], field: u64, valid: u64, 
     group_classes(valid, &at_most_all::<W>(group, field, lims), flags, deposit)
 }
 
+/// Merges the changed elements of a full group of 64 two-byte elements (`changed[c]`: the
+/// elements of class c that changed) from their classes' planes (from `cursor[c]` on) into
+/// `og`, against the base group `bg`. False if a class has fewer elements left than it needs.
+#[inline(always)]
+fn merge_2<const W: usize>(changed: &[u64; CLASSES], planes: &[[Vec<u8>; W]], cursor: &mut [usize; CLASSES], bg: &[u8; 128], og: &mut [u8; 128], main: u64) -> bool {
+    for ((&ch, p), k) in changed.iter().zip(planes).zip(cursor.iter_mut()) {
+        if ch == 0 {
+            continue;
+        }
+        let cnt = ch.count_ones() as usize;
+        let (Some(p0), Some(p1)) = (p[0].get(*k..*k + cnt), p.get(1).and_then(|p1| p1.get(*k..*k + cnt))) else { return false };
+        *k += cnt;
+        let mut ch = ch;
+        for (&lo, &hi) in p0.iter().zip(p1) {
+            let i = 2 * (ch.trailing_zeros() as usize & 63);
+            ch &= ch.wrapping_sub(1);
+            let b = u16::from_le_bytes([bg[i], bg[i + 1]]) as u64;
+            let v = b.wrapping_add(unturn::<2>(lo as u64 | (hi as u64) << 8, b, main)) as u16;
+            og[i..i + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    true
+}
+
 /// One stream (coder, length, bytes) at `at`, decoded to `n` bytes; returns it and where it
 /// ends.
 fn read_stream(data: &[u8], at: usize, n: usize) -> Result<(Vec<u8>, usize), String> {
@@ -548,7 +572,18 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
         for (bg, og) in bc.chunks(64 * W).zip(oc.chunks_mut(64 * W)) {
             let len = bg.len() / W;
             let valid = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
-            for (c, mut ch) in classes_of::<W>(bmi2, bg, field, valid, &lims, &mut flags).into_iter().enumerate() {
+            let changed = classes_of::<W>(bmi2, bg, field, valid, &lims, &mut flags);
+            // Full groups of two-byte elements: each class's run of planes is sliced once, so
+            // the merge has no bounds checks and a fixed trip count.
+            if W == 2 && len == 64 {
+                if let (Ok(bg), Ok(og)) = (<&[u8; 128]>::try_from(bg), <&mut [u8; 128]>::try_from(&mut *og)) {
+                    if merge_2(&changed, &planes, &mut cursor, bg, og, main) {
+                        continue;
+                    }
+                    return Err("class planes classes do not match the chunk's elements".into());
+                }
+            }
+            for (c, mut ch) in changed.into_iter().enumerate() {
                 let (p, mut k) = (&planes[c], cursor[c]);
                 let (p0, p1) = (p[0].as_slice(), p.get(1).map_or(&[][..], Vec::as_slice));
                 while ch != 0 {
