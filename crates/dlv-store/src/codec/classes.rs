@@ -1,6 +1,7 @@
-//! Class planes: format 3 of the magnitude stream (see [`super::magnitude`]), the
-//! `compression = "max"` level's coder of float deltas (for floats wider than two bytes, beside
-//! the symbols of format 1, which are smaller there).
+//! Class planes: format 3 of the magnitude stream (see [`super::magnitude`]), the coder of
+//! sparse deltas of 2-byte floats at the default `compression = "balanced"` level, and of float
+//! deltas at `"max"` (for floats wider than two bytes, beside the symbols of format 1, which are
+//! smaller there).
 //!
 //! The magnitude coder's model, coded as byte planes. An element's delta is predictable from
 //! what the decoder already knows: its base's exponent against its row's typical

@@ -14,10 +14,12 @@
 //! tensor's rows when the writer knows them; a segment where nothing moved costs three bytes.
 //!
 //! Where the change has low rank, the value is coded against a low-rank prediction instead of
-//! the base (format 2: see [`super::lowrank`]). Decoding is one pass per element (symbol,
-//! stored bits, value) at about half the speed of byte planes, which is why it is the
-//! `compression = "max"` level and not the default. Format 3 codes the same model as byte
-//! planes per class of context ([`super::classes`]): as small for 2-byte floats, and faster.
+//! the base (format 2: see [`super::lowrank`]). Decoding symbols is one pass per element
+//! (symbol, stored bits, value) at about half the speed of byte planes, which is why only the
+//! `compression = "max"` level writes them. Format 3 codes the same model as byte planes per
+//! class of context ([`super::classes`]): as small for 2-byte floats, and faster; the default
+//! level (`"balanced"`) writes it for sparse deltas of 2-byte floats. Format 4 is plain byte
+//! planes of the residual ([`super::residual`]), for a dense change against its prediction.
 //!
 //! Stream (format 1): format (u8, 1), segment length (u32 LE), length of the first segment
 //! (u32 LE: the rest of a row that began in the previous chunk, or a whole one), length of the

@@ -105,14 +105,14 @@ pub enum Compression {
     /// Byte planes, and for deltas of 2-byte floats (bf16, f16) the magnitude coder where it
     /// pays: class planes where at most half the elements changed, residual planes against a
     /// low-rank prediction where more did and the tensor has a narrow side. The benchmark's
-    /// bf16 series 6.0x against 5.5x with `Fast`, at about 0.85x its encode and decode speed;
-    /// wider floats are coded as with `Fast`.
+    /// bf16 series 6.0x against 5.5x with `Fast`, at 0.93x its encode and 0.86x its decode
+    /// speed; wider floats are coded as with `Fast`.
     #[default]
     Balanced,
     /// Byte planes, and for deltas of 2- and 4-byte floats also the magnitude coder's formats
     /// (contexts from the base and the row, low-rank prediction), kept where smaller.
-    /// Smallest (bf16 6.1x in the benchmark); encodes at 0.3-0.6x and decodes at 0.7-0.8x the
-    /// speed of `Fast`.
+    /// Smallest (bf16 6.15x in the benchmark); encodes at 0.4-0.75x and decodes at 0.7-0.8x
+    /// the speed of `Fast`.
     Max,
 }
 
