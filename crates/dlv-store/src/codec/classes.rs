@@ -512,8 +512,9 @@ fn read_stream(data: &[u8], at: usize, n: usize) -> Result<(Vec<u8>, usize), Str
 }
 
 /// Decodes a stream of `n` elements (`W` bytes each, the float kind `shape` describes) against
-/// `base` into `out`, which holds `base` on entry (only changed elements are written). Every length is checked against `n`, so a corrupt stream is an error,
-/// never a panic or a large allocation; the value's hash covers the rest.
+/// `base` into `out`, which holds `base` on entry (only changed elements are written). Every
+/// length is checked against `n`, so a corrupt stream is an error, never a panic or a large
+/// allocation; the value's hash covers the rest.
 pub(super) fn decode_w<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
     decode_with::<W, SHIFT, EMASK>(data, base, n, out, has_bmi2())
 }

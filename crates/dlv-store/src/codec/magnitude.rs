@@ -463,8 +463,8 @@ pub(super) fn read_head(data: &[u8], format: u8, n: usize) -> Result<Head<'_>, S
 
 /// Decodes a stream of `n` elements against `base` (little-endian elements of `kind`) into
 /// `out` (`n` elements' bytes), which holds `base` on entry: class planes write only the
-/// changed elements (the other formats write every element). Every length and table is checked, so a corrupt stream is an
-/// error, never a panic or a large allocation.
+/// changed elements (the other formats write every element). Every length and table is
+/// checked, so a corrupt stream is an error, never a panic or a large allocation.
 pub fn decode(data: &[u8], base: &[u8], kind: FloatKind, n: usize, out: &mut [u8]) -> Result<(), String> {
     let (shape, width) = Shape::of(kind).ok_or("magnitude stream for a tensor that is not a 2- or 4-byte float")?;
     if base.len() != n * width || out.len() != n * width {

@@ -412,12 +412,12 @@ pub fn encode_chunk(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, enc
     }
 }
 
-/// [`Compression::Balanced`]'s magnitude candidate for a delta of 2-byte floats: class planes where at
-/// most [`SPARSE_AT`] of the elements changed; where more did, residual planes against a
-/// low-rank prediction if one fits (`None` otherwise: plain byte planes code a dense delta as
-/// small as class planes, at twice their decoding speed). Wider floats are left to byte
-/// planes: the magnitude coder gains about 1% on the benchmark's fp32 series, at 0.7x the
-/// speed.
+/// [`Compression::Balanced`]'s magnitude candidate for a delta of 2-byte floats: class planes
+/// where at most [`SPARSE_AT`] of the elements changed; where more did, residual planes
+/// against a low-rank prediction if one fits the tensor's rows (`None` otherwise: plain byte
+/// planes code a dense delta as small as class planes, at twice their decoding speed). Wider
+/// floats are left to byte planes: the magnitude coder gains about 1% on the benchmark's fp32
+/// series, at 0.7x the speed.
 fn encode_balanced_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64) -> Option<EncodedChunk> {
     if layout.width != 2 {
         return None;
@@ -426,7 +426,7 @@ fn encode_balanced_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset
     let (row, off) = magnitude_rows(layout, offset);
     let (format, against) = if (changed_2(value, base) as f64) <= SPARSE_AT * n as f64 {
         (magnitude::Format::Classes, magnitude::Against::Base)
-    } else if lowrank::may_apply(row, n) && off % row as u64 == 0 {
+    } else if layout.row > 0 && lowrank::may_apply(row, n) && off % row as u64 == 0 {
         (magnitude::Format::Planes, magnitude::Against::Prediction)
     } else {
         return None;
@@ -463,8 +463,8 @@ fn encode_max_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset: u64
     }
 }
 
-/// At [`Compression::Balanced`], class planes code deltas where at most this share of the elements
-/// changed (the benchmark's bf16 series: 47% and fewer after the first delta of a run).
+/// At [`Compression::Balanced`], class planes code deltas where at most this share of the
+/// elements changed (the benchmark's bf16 series: 47% and fewer after the first delta of a run).
 const SPARSE_AT: f64 = 0.5;
 
 /// The magnitude coder's segments: the tensor's rows where known, and where the chunk starts
