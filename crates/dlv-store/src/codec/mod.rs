@@ -5,7 +5,9 @@
 //! shorter). Each chunk has a header naming its transform and, for each byte plane from the most
 //! significant down, the stream coder, the stream length and a checksum of the decoded plane;
 //! the streams follow in the same order, so a reader wanting only the high planes seeks past the
-//! rest. See `docs/STORAGE.md` for the byte layout.
+//! rest. A delta chunk of floats may instead hold one stream of the magnitude coder
+//! ([`magnitude`]), where the compression level ([`Compression`]) allows it and it is smaller.
+//! See `docs/STORAGE.md` for the byte layout.
 
 mod classes;
 mod residual;
