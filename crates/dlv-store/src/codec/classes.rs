@@ -576,7 +576,7 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
             let valid = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
             let changed = classes_of::<W>(bmi2, bg, field, valid, &lims, &mut flags);
             // Full groups of two-byte elements: each class's run of planes is sliced once, so
-            // the merge has no bounds checks and a fixed trip count.
+            // the merge has no bounds checks.
             if W == 2 && len == 64 {
                 if let (Ok(bg), Ok(og)) = (<&[u8; 128]>::try_from(bg), <&mut [u8; 128]>::try_from(&mut *og)) {
                     if merge_2(&changed, &planes, &mut cursor, bg, og, main) {

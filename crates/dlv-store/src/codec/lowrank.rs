@@ -7,8 +7,9 @@
 //! matrix), stores them as 8-bit factors with one scale per component, and the magnitude
 //! coder then codes the value against `base + U V^T` rounded to the element type instead of
 //! against the base: the residual is what the factors missed. The prediction is computed
-//! with the same f32 operations in the same order on both sides, so it is bit-exact; elements
-//! whose base or prediction is not finite are predicted by their base.
+//! from the stored factors the same way on both sides (integer sums, exact in any order, then
+//! one scaling and addition in f64), so it is bit-exact; elements whose base or prediction is
+//! not finite are predicted by their base.
 //!
 //! Block: rows (u32 LE), rank (u8), length of a zstd frame (u32 LE), the frame: the rank's
 //! scales (f32 LE), then the row factors (rows x rank i8, row-major), then the column factors
@@ -79,14 +80,20 @@ fn words(bytes: &[u8], width: usize) -> impl Iterator<Item = u64> + '_ {
 }
 
 /// Eigenvalues (descending) and unit eigenvectors (`vecs[j * s + i]` is component i of the
-/// j-th) of the symmetric `s` x `s` matrix `a` (Householder tridiagonalisation and implicit QR,
-/// from nalgebra, in f32: the directions only steer a prediction stored in 8 bits, and f32
-/// halves the time of f64, itself several times faster on a 64 x 64 Gram matrix than the
-/// cyclic Jacobi rotations used before). `None` if the iteration does not converge (a matrix
-/// with infinities).
-fn eigen(a: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f64>)> {
-    let m = nalgebra::DMatrix::from_fn(s, s, |i, j| a[i * s + j] as f32);
-    let e = m.try_symmetric_eigen(f32::EPSILON, EIGEN_ITERATIONS)?;
+/// j-th) of the symmetric matrix `a` (Householder tridiagonalisation and implicit QR, from
+/// nalgebra, in f32: the directions only steer a prediction stored in 8 bits, and f32 halves
+/// the time of f64, itself several times faster on a 64 x 64 Gram matrix than the cyclic
+/// Jacobi rotations used before). `None` if an entry or an eigenvalue is not finite (a delta
+/// whose squares overflow f32) or the iteration does not converge.
+fn eigen(a: &nalgebra::DMatrix<f32>) -> Option<(Vec<f64>, Vec<f64>)> {
+    if a.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let s = a.nrows();
+    let e = a.clone().try_symmetric_eigen(f32::EPSILON, EIGEN_ITERATIONS)?;
+    if e.eigenvalues.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
     let mut order: Vec<usize> = (0..s).collect();
     order.sort_by(|&x, &y| e.eigenvalues[y].total_cmp(&e.eigenvalues[x]));
     let vals = order.iter().map(|&j| e.eigenvalues[j] as f64).collect();
@@ -225,8 +232,7 @@ impl LowRank {
         // the processor at run time).
         let narrow_cols = cols <= rows;
         let gm = if narrow_cols { &dt * &dm } else { &dm * &dt };
-        let g: Vec<f64> = gm.iter().map(|&x| x as f64).collect();
-        let (vals, vecs) = eigen(&g, s)?;
+        let (vals, vecs) = eigen(&gm)?;
         let total: f64 = vals.iter().map(|&x| x.max(0.0)).sum();
         if total <= 0.0 || !total.is_finite() {
             return None;
@@ -469,6 +475,17 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// A delta whose squares overflow f32 (finite values, a Gram matrix with infinities) is
+    /// not fitted, and nothing panics.
+    #[test]
+    fn huge_deltas_are_not_fitted() {
+        let (base, mut value) = low_rank_pair(FloatKind::F32, 300, 40, 3);
+        for (i, v) in value.chunks_exact_mut(4).enumerate().filter(|(i, _)| i % 97 == 0) {
+            v.copy_from_slice(&(if i % 2 == 0 { 1e30f32 } else { -1e30 }).to_le_bytes());
+        }
+        assert!(LowRank::fit(&value, &base, FloatKind::F32, 40).is_none());
     }
 
     #[test]

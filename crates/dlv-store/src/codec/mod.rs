@@ -105,8 +105,9 @@ pub enum Compression {
     /// Byte planes with a stream coder per plane: the fastest to code and decode.
     Fast,
     /// Byte planes, and for deltas of 2-byte floats (bf16, f16) the magnitude coder where it
-    /// pays: class planes where at most half the elements changed, residual planes against a
-    /// low-rank prediction where more did and the tensor has a narrow side. The benchmark's
+    /// pays: class planes where at most half the elements changed; for bf16, residual planes
+    /// against a low-rank prediction where more did, the tensor's rows are known and it has a
+    /// narrow side. The benchmark's
     /// bf16 series 6.0x against 5.5x with `Fast`, at 0.93x its encode and 0.86x its decode
     /// speed; wider floats are coded as with `Fast`.
     #[default]

@@ -186,9 +186,8 @@ fn corrupt_streams_of_masked_chunks_are_named() -> Result<(), String> {
         next[i * 4] ^= (i % 200) as u8 | 1;
         next[i * 4 + 1] ^= (i % 7) as u8;
     }
-    // Not a float kind: a sparse float delta would be coded as class planes.
-    let layout = TensorLayout { width: 4, float: FloatKind::None, row: 0 };
-    let enc = roundtrip(&next, Some(&base), layout, DeltaMode::Int)?;
+    let layout = TensorLayout { width: 4, float: FloatKind::F32, row: 0 };
+    let enc = roundtrip(&next, Some(&base), layout, Encoding { delta: DeltaMode::Int, ..FAST })?;
     assert!(enc.header.mask.is_some());
     for s in 0..enc.streams.len() {
         for pos in [0, enc.streams[s].len() / 2, enc.streams[s].len().saturating_sub(1)] {
@@ -378,9 +377,9 @@ fn max_compression_codes_float_deltas_smaller_with_the_magnitude_coder() -> Resu
     Ok(())
 }
 
-/// The default level: for 2-byte floats, class planes where few elements changed and residual
-/// planes against a low-rank prediction where most did and the layer is narrow; wider floats
-/// and integers as byte planes, exactly as at `Fast`.
+/// The default level: for 2-byte floats, class planes where few elements changed and (bf16)
+/// residual planes against a low-rank prediction where most did and the layer is narrow; wider
+/// floats and integers as byte planes, exactly as at `Fast`.
 #[test]
 fn balanced_compression_takes_the_magnitude_coder_where_it_pays() -> Result<(), String> {
     assert_eq!(Encoding::default(), BALANCED);
