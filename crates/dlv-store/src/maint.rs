@@ -738,6 +738,19 @@ mod tests {
         Ok(())
     }
 
+    /// fsck is clean before and after `repack` and `gc`, and every version still reads back as
+    /// `expected` (its tensors' bytes).
+    fn survives_maintenance(repo: &Repository, ids: &[String], expected: &[Vec<Vec<u8>>], label: &str) -> Result<()> {
+        assert!(repo.fsck()?.is_ok(), "{label}");
+        repo.repack(false, &NoProgress)?;
+        repo.gc(false)?;
+        assert!(repo.fsck()?.is_ok(), "{label}");
+        for (id, exp) in ids.iter().zip(expected) {
+            assert_eq!(&tensor_bytes(repo, id)?, exp, "{label}");
+        }
+        Ok(())
+    }
+
     /// A bf16 training walk: a narrow first layer (1024 x 64) whose every step adds a change of
     /// rank 3, and a square layer (256 x 256) whose rows move by their own small steps, so that
     /// most large weights keep their bf16 value. Returns the tensors' bytes.
@@ -788,13 +801,7 @@ mod tests {
             for (id, exp) in ids.iter().zip(&expected) {
                 assert_eq!(&tensor_bytes(&repo, id)?, exp, "{compression}");
             }
-            assert!(repo.fsck()?.is_ok());
-            repo.repack(false, &NoProgress)?;
-            repo.gc(false)?;
-            assert!(repo.fsck()?.is_ok());
-            for (id, exp) in ids.iter().zip(&expected) {
-                assert_eq!(&tensor_bytes(&repo, id)?, exp, "{compression}");
-            }
+            survives_maintenance(&repo, &ids, &expected, compression)?;
         }
         assert!(sizes[1] * 10 < sizes[0] * 9, "balanced {} against fast {}", sizes[1], sizes[0]);
         Ok(())
@@ -820,13 +827,7 @@ mod tests {
                     assert_eq!(top, truncated, "{compression}: top planes of {}", t.name);
                 }
             }
-            assert!(repo.fsck()?.is_ok());
-            repo.repack(false, &NoProgress)?;
-            repo.gc(false)?;
-            assert!(repo.fsck()?.is_ok());
-            for (id, exp) in ids.iter().zip(&expected) {
-                assert_eq!(&tensor_bytes(&repo, id)?, exp, "{compression}");
-            }
+            survives_maintenance(&repo, &ids, &expected, compression)?;
         }
         assert!(sizes[1] < sizes[0], "max {} against fast {}", sizes[1], sizes[0]);
         Ok(())

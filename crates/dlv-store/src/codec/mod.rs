@@ -544,15 +544,7 @@ fn encode_planes(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, best: 
         4 => residual_planes::<4>(value, base, best.0, best.1),
         _ => residual_planes_any(value, base, width, best.0, best.1),
     };
-    // The context of plane p: every higher residual byte of the element is zero.
-    let mut leads: Vec<Option<Vec<bool>>> = vec![None; width];
-    for p in (0..width.saturating_sub(1)).rev() {
-        let hi = &planes[p + 1];
-        leads[p] = Some(match &leads[p + 1] {
-            Some(above) => above.iter().zip(hi).map(|(&x, &b)| x & (b == 0)).collect(),
-            None => hi.iter().map(|&b| b == 0).collect(),
-        });
-    }
+    let leads = plane_leads(&planes);
     let mask_coded = mask.as_ref().map(|bm| {
         let (c, bytes) = stream::encode(bm);
         (StreamDesc { coder: c, len: bytes.len() as u64, sum: plane_sum(bm) }, bytes)
@@ -580,6 +572,21 @@ fn encode_planes(value: &[u8], base: Option<&[u8]>, layout: TensorLayout, best: 
         flags |= FLAG_MASK;
     }
     EncodedChunk { header: ChunkHeader { elems: n as u64, transform: best.0, flags, mask: mask_desc, streams: descs }, streams }
+}
+
+/// The split context of each plane below the top one (shared with [`residual`]): whether
+/// every higher residual byte of the element is zero.
+fn plane_leads(planes: &[Vec<u8>]) -> Vec<Option<Vec<bool>>> {
+    let width = planes.len();
+    let mut leads: Vec<Option<Vec<bool>>> = vec![None; width];
+    for p in (0..width.saturating_sub(1)).rev() {
+        let hi = &planes[p + 1];
+        leads[p] = Some(match &leads[p + 1] {
+            Some(above) => above.iter().zip(hi).map(|(&x, &b)| x & (b == 0)).collect(),
+            None => hi.iter().map(|&b| b == 0).collect(),
+        });
+    }
+    leads
 }
 
 /// Rotates the top 16 bits of a `width`-byte word left by one (`left`) or right by one.

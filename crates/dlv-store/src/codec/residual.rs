@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::magnitude::u32_at;
 use super::stream::{self, Coder};
-use super::{code_plane, load};
+use super::{code_plane, load, plane_leads};
 
 pub const FORMAT: u8 = 4;
 
@@ -36,20 +36,6 @@ fn mask<const W: usize>() -> u64 {
     } else {
         (1u64 << (8 * W)) - 1
     }
-}
-
-/// For each plane below the top one: whether every higher plane of the element is zero.
-fn leads(planes: &[Vec<u8>]) -> Vec<Option<Vec<bool>>> {
-    let width = planes.len();
-    let mut leads: Vec<Option<Vec<bool>>> = vec![None; width];
-    for p in (0..width.saturating_sub(1)).rev() {
-        let hi = &planes[p + 1];
-        leads[p] = Some(match &leads[p + 1] {
-            Some(above) => above.iter().zip(hi).map(|(&x, &b)| x & (b == 0)).collect(),
-            None => hi.iter().map(|&b| b == 0).collect(),
-        });
-    }
-    leads
 }
 
 /// Codes `value` against `against` (little-endian `W`-byte elements, equal lengths).
@@ -80,7 +66,7 @@ pub(super) fn encode_w<const W: usize>(value: &[u8], against: &[u8]) -> Option<V
             }
         }
     }
-    let leads = leads(&planes);
+    let leads = plane_leads(&planes);
     let coded: Vec<(Coder, Vec<u8>)> = (0..W).into_par_iter().rev().map(|p| code_plane(&planes[p], leads[p].as_deref())).collect();
     let mut out = Vec::with_capacity(1 + coded.iter().map(|(_, b)| 5 + b.len()).sum::<usize>());
     out.push(FORMAT);
