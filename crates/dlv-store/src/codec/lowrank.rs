@@ -62,7 +62,7 @@ fn bits_of(kind: FloatKind, f: f32) -> u64 {
 
 /// Whether a chunk of `n` elements in rows of `row` has the shape a prediction is fitted to
 /// (enough elements, a narrow side of at most [`MAX_SIDE`]).
-pub fn may_apply(row: usize, n: usize) -> bool {
+fn may_apply(row: usize, n: usize) -> bool {
     n >= MIN_ELEMS && row >= 2 && n.is_multiple_of(row) && (2..=MAX_SIDE).contains(&(n / row).min(row))
 }
 

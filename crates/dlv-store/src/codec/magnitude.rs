@@ -36,7 +36,8 @@ use super::lowrank::LowRank;
 use super::{load, rans, FloatKind};
 
 /// Which model codes the elements: one rANS symbol per element under its context
-/// ([`FORMAT`]), or byte planes per class of context ([`super::classes`]).
+/// ([`FORMAT`]), byte planes per class of context ([`super::classes`]), or plain byte planes
+/// of the difference ([`super::residual`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Symbols,
@@ -60,7 +61,8 @@ pub(super) const MC_OFF: i64 = 2;
 /// Direction strength buckets: how far the segment's majority is above one half.
 const SB: usize = 4;
 const FORMAT: u8 = 1;
-/// A low-rank block, then a stream of [`FORMAT`] or of class planes against the prediction.
+/// A low-rank block, then a stream of [`FORMAT`], class planes or residual planes against the
+/// prediction.
 const FORMAT_LOW_RANK: u8 = 2;
 /// Bytes before the side information.
 pub(super) const HEAD: usize = 13;
@@ -201,7 +203,9 @@ fn encode_with(value: &[u8], base: &[u8], kind: FloatKind, (row, offset): (usize
     };
     let fitted = match against {
         Against::Base => None,
-        _ => LowRank::fit(value, base, kind, row).filter(|_| phase == 0).and_then(|lr| Some((lr.to_bytes()?, lr.predict(base, kind)?))),
+        // Factors apply to whole rows: a chunk that starts inside one is not fitted.
+        _ if phase != 0 => None,
+        _ => LowRank::fit(value, base, kind, row).and_then(|lr| Some((lr.to_bytes()?, lr.predict(base, kind)?))),
     };
     formats
         .iter()

@@ -429,7 +429,8 @@ fn encode_balanced_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset
     let (row, off) = magnitude_rows(layout, offset);
     let (format, against) = if (changed_2(value, base) as f64) <= SPARSE_AT * n as f64 {
         (magnitude::Format::Classes, magnitude::Against::Base)
-    } else if layout.row > 0 && lowrank::may_apply(row, n) && off % row as u64 == 0 {
+    } else if layout.row > 0 {
+        // The fit declines a tensor without a narrow side, or a chunk that starts inside a row.
         (magnitude::Format::Planes, magnitude::Against::Prediction)
     } else {
         return None;
@@ -656,15 +657,22 @@ macro_rules! for_each_transform {
 fn residual_planes<const W: usize>(value: &[u8], base: Option<&[u8]>, t: Transform, rotate: bool) -> (Planes, Option<Vec<u8>>) {
     macro_rules! run {
         ($t:expr, $rot:expr) => {
-            residual_planes_with::<W>(value, base, |v, b| residual_word(v, b, $t, $rot, W))
+            residual_planes_with::<W>(value, base, |v, b| residual_word(v, b, $t, $rot, W), true)
         };
     }
     let t = if base.is_none() { Transform::None } else { t };
     for_each_transform!(t, rotate, run)
 }
 
+/// The byte planes of [`Transform::Sub`] (no rotation) of `value` against `base` (2- or 4-byte
+/// elements, equal lengths), every element kept (no mask): what [`residual`] codes.
+fn difference_planes<const W: usize>(value: &[u8], base: &[u8]) -> Planes {
+    residual_planes_with::<W>(value, Some(base), |v, b| residual_word(v, b, Transform::Sub, false, W), false).0
+}
+
+/// [`residual_planes`] with the residual function `f`; masked only if `allow_mask`.
 #[inline(always)]
-fn residual_planes_with<const W: usize>(value: &[u8], base: Option<&[u8]>, f: impl Fn(u64, u64) -> u64) -> (Planes, Option<Vec<u8>>) {
+fn residual_planes_with<const W: usize>(value: &[u8], base: Option<&[u8]>, f: impl Fn(u64, u64) -> u64, allow_mask: bool) -> (Planes, Option<Vec<u8>>) {
     let n = value.len() / W;
     // Residuals as 32-bit words (W <= 4 here), a quarter of the traffic of u64 words.
     let r: Vec<u32> = match base {
@@ -681,7 +689,7 @@ fn residual_planes_with<const W: usize>(value: &[u8], base: Option<&[u8]>, f: im
         },
     };
     let zeros = r.iter().filter(|&&w| w == 0).count();
-    let masked = n > 0 && zeros * MASK_MIN_ZEROS >= n;
+    let masked = allow_mask && n > 0 && zeros * MASK_MIN_ZEROS >= n;
     let m = if masked { n - zeros } else { n };
     let mut planes: Planes = vec![vec![0u8; m]; W];
     if !masked {

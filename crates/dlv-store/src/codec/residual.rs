@@ -17,55 +17,16 @@ use rayon::prelude::*;
 
 use super::magnitude::u32_at;
 use super::stream::{self, Coder};
-use super::{code_plane, load, plane_leads};
+use super::{assemble, code_plane, difference_planes, plane_leads, Transform};
 
 pub const FORMAT: u8 = 4;
-
-/// The zigzag of the wrapping difference of two `W`-byte words.
-#[inline(always)]
-fn zigzag<const W: usize>(v: u64, b: u64) -> u64 {
-    let sh = 64 - 8 * W as u32;
-    let d = (v.wrapping_sub(b) << sh) as i64 >> sh;
-    ((d << 1) ^ (d >> 63)) as u64 & mask::<W>()
-}
-
-#[inline(always)]
-fn mask<const W: usize>() -> u64 {
-    if W == 8 {
-        u64::MAX
-    } else {
-        (1u64 << (8 * W)) - 1
-    }
-}
 
 /// Codes `value` against `against` (little-endian `W`-byte elements, equal lengths).
 pub(super) fn encode_w<const W: usize>(value: &[u8], against: &[u8]) -> Option<Vec<u8>> {
     if value.len() != against.len() || !value.len().is_multiple_of(W) {
         return None;
     }
-    let n = value.len() / W;
-    let mut planes = vec![vec![0u8; n]; W];
-    match &mut planes[..] {
-        // Two-byte elements in one pass that vectorises (zipped, no bounds checks).
-        [lo, hi] => {
-            for (((v, b), l), h) in value.chunks_exact(2).zip(against.chunks_exact(2)).zip(lo.iter_mut()).zip(hi.iter_mut()) {
-                let d = u16::from_le_bytes([v[0], v[1]]).wrapping_sub(u16::from_le_bytes([b[0], b[1]])) as i16;
-                let z = ((d << 1) ^ (d >> 15)) as u16;
-                *l = z as u8;
-                *h = (z >> 8) as u8;
-            }
-        }
-        planes => {
-            for (i, (v, b)) in value.chunks_exact(W).zip(against.chunks_exact(W)).enumerate() {
-                let z = zigzag::<W>(load::<W>(v), load::<W>(b));
-                for (p, plane) in planes.iter_mut().enumerate() {
-                    if let Some(x) = plane.get_mut(i) {
-                        *x = (z >> (8 * p)) as u8;
-                    }
-                }
-            }
-        }
-    }
+    let planes = difference_planes::<W>(value, against);
     let leads = plane_leads(&planes);
     let coded: Vec<(Coder, Vec<u8>)> = (0..W).into_par_iter().rev().map(|p| code_plane(&planes[p], leads[p].as_deref())).collect();
     let mut out = Vec::with_capacity(1 + coded.iter().map(|(_, b)| 5 + b.len()).sum::<usize>());
@@ -115,22 +76,7 @@ pub(super) fn decode_w<const W: usize>(data: &[u8], against: &[u8], n: usize, ou
     if at != data.len() {
         return Err("residual planes stream has trailing bytes".into());
     }
-    match &planes[..] {
-        [lo, hi] => {
-            for (((o, b), &l), &h) in out.chunks_exact_mut(2).zip(against.chunks_exact(2)).zip(lo).zip(hi) {
-                let z = u16::from_le_bytes([l, h]);
-                let d = (z >> 1) ^ (z & 1).wrapping_neg();
-                o.copy_from_slice(&u16::from_le_bytes([b[0], b[1]]).wrapping_add(d).to_le_bytes());
-            }
-        }
-        _ => {
-            for (i, (o, b)) in out.chunks_exact_mut(W).zip(against.chunks_exact(W)).enumerate() {
-                let z = planes.iter().enumerate().fold(0u64, |z, (p, plane)| z | (plane.get(i).copied().unwrap_or(0) as u64) << (8 * p));
-                let d = (z >> 1) ^ (z & 1).wrapping_neg();
-                o.copy_from_slice(&(load::<W>(b).wrapping_add(d) & mask::<W>()).to_le_bytes()[..W]);
-            }
-        }
-    }
+    assemble::<W>(&planes, None, Some(against), out, Transform::Sub, false);
     Ok(())
 }
 
@@ -178,12 +124,11 @@ mod tests {
     #[test]
     fn zigzag_inverts_for_every_two_byte_delta() {
         for d in 0..=u16::MAX as u64 {
-            let z = zigzag::<2>(d, 0);
-            let back = (z >> 1) ^ (z & 1).wrapping_neg();
-            assert_eq!(back & 0xffff, d);
+            let z = super::super::residual_word(d, 0, Transform::Sub, false, 2);
+            assert_eq!(super::super::value_word(z, 0, Transform::Sub, false, 2), d);
         }
-        assert_eq!(zigzag::<4>(5, 3), 4);
-        assert_eq!(zigzag::<4>(3, 5), 3);
+        assert_eq!(super::super::residual_word(5, 3, Transform::Sub, false, 4), 4);
+        assert_eq!(super::super::residual_word(3, 5, Transform::Sub, false, 4), 3);
     }
 
     #[test]
