@@ -738,6 +738,8 @@ mod tests {
     }
 
     const FORMATS: [Format; 2] = [Format::Symbols, Format::Classes];
+    /// Every format, residual planes included (they model nothing, so size tests leave them out).
+    const ALL_FORMATS: [Format; 3] = [Format::Symbols, Format::Classes, Format::Planes];
 
     fn round_trip(value: &[u8], base: &[u8], kind: FloatKind, seg: usize, format: Format) -> Result<Option<usize>, String> {
         round_trip_at(value, base, kind, seg, 0, format)
@@ -754,7 +756,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_float_kind_and_segment_length() -> Result<(), String> {
-        for format in FORMATS {
+        for format in ALL_FORMATS {
             for kind in [FloatKind::BF16, FloatKind::F16, FloatKind::F32] {
                 for n in [1usize, 7, 8, 9, 1000, 4099] {
                     let (base, value) = series(kind, n, n as u64 + 3);
@@ -816,7 +818,7 @@ mod tests {
     #[test]
     fn unsupported_inputs_and_budgets_decline() {
         let (base, value) = series(FloatKind::F32, 100, 1);
-        for format in FORMATS {
+        for format in ALL_FORMATS {
             assert!(encode(&value, &base, FloatKind::F64, 10, 0, usize::MAX, format).is_none());
             assert!(encode(&value, &base, FloatKind::None, 10, 0, usize::MAX, format).is_none());
             assert!(encode(&value, &base[..8], FloatKind::F32, 10, 0, usize::MAX, format).is_none());
@@ -826,7 +828,7 @@ mod tests {
 
     #[test]
     fn corrupt_streams_are_errors() {
-        for format in FORMATS {
+        for format in ALL_FORMATS {
             corrupt_streams_of(format);
         }
     }
@@ -854,8 +856,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_bit_patterns_round_trip(pairs in proptest::collection::vec((any::<u32>(), any::<u32>(), 0u8..4), 1..600), seg in 1usize..70, offset in 0u64..1000, wide in any::<bool>(), classes in any::<bool>()) {
-            let format = if classes { Format::Classes } else { Format::Symbols };
+        fn any_bit_patterns_round_trip(pairs in proptest::collection::vec((any::<u32>(), any::<u32>(), 0u8..4), 1..600), seg in 1usize..70, offset in 0u64..1000, wide in any::<bool>(), which in 0usize..3) {
+            let format = ALL_FORMATS[which];
             let kind = if wide { FloatKind::F32 } else { FloatKind::BF16 };
             let (mut base, mut value) = (Vec::new(), Vec::new());
             for &(a, b, how) in &pairs {
