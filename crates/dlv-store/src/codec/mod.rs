@@ -11,6 +11,7 @@
 
 mod classes;
 mod residual;
+mod simd;
 pub mod entropy;
 pub mod lowrank;
 pub mod magnitude;
@@ -1039,6 +1040,18 @@ fn load<const W: usize>(bytes: &[u8]) -> u64 {
 /// Writes every element of a chunk of `W`-byte elements (see [`decode_chunk`]). The transform
 /// and rotation are matched outside the loops so that each loop is branch-free.
 fn assemble<const W: usize>(planes: &Planes, bitmap: Option<&[u8]>, base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) {
+    let mut planes: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
+    let (mut bitmap, mut dst) = (bitmap, dst);
+    // A masked chunk of 2-byte elements: eight elements at a time where the processor can,
+    // then the scalar loop from where that stopped.
+    if let ([p0, p1], Some(bm), 2) = (planes.as_slice(), bitmap, W) {
+        let (k, used) = simd::place_2_prefix(p0, p1, bm, dst, t, rotate);
+        let (p0, p1) = (p0.get(used..).unwrap_or_default(), p1.get(used..).unwrap_or_default());
+        planes = vec![p0, p1];
+        bitmap = bm.get(k..);
+        dst = dst.get_mut(16 * k..).unwrap_or_default();
+    }
+    let planes = planes.as_slice();
     macro_rules! run {
         ($t:expr, $rot:expr) => {
             assemble_with::<W>(planes, bitmap, base, dst, |r, b| value_word(r, b, $t, $rot, W))
@@ -1048,20 +1061,20 @@ fn assemble<const W: usize>(planes: &Planes, bitmap: Option<&[u8]>, base: Option
 }
 
 #[inline(always)]
-fn assemble_with<const W: usize>(planes: &Planes, bitmap: Option<&[u8]>, base: Option<&[u8]>, dst: &mut [u8], f: impl Fn(u64, u64) -> u64) {
+fn assemble_with<const W: usize>(planes: &[&[u8]], bitmap: Option<&[u8]>, base: Option<&[u8]>, dst: &mut [u8], f: impl Fn(u64, u64) -> u64) {
     // Residual words straight from the planes, zipped where the width is known so that no
     // access is bounds-checked.
-    match planes.as_slice() {
+    match planes {
         [p0, p1] => {
-            let words = p0.iter().zip(p1).map(|(&a, &b)| u16::from_le_bytes([a, b]) as u64);
+            let words = p0.iter().zip(p1.iter()).map(|(&a, &b)| u16::from_le_bytes([a, b]) as u64);
             place::<W>(words, bitmap, base, dst, f)
         }
         [p0, p1, p2, p3] => {
-            let words = p0.iter().zip(p1).zip(p2.iter().zip(p3)).map(|((&a, &b), (&c, &d))| u32::from_le_bytes([a, b, c, d]) as u64);
+            let words = p0.iter().zip(p1.iter()).zip(p2.iter().zip(p3.iter())).map(|((&a, &b), (&c, &d))| u32::from_le_bytes([a, b, c, d]) as u64);
             place::<W>(words, bitmap, base, dst, f)
         }
         _ => {
-            let m = planes.first().map_or(0, Vec::len);
+            let m = planes.first().map_or(0, |p| p.len());
             let words = (0..m).map(|j| planes.iter().enumerate().fold(0u64, |w, (p, plane)| w | ((plane[j] as u64) << (8 * p))));
             place::<W>(words, bitmap, base, dst, f)
         }

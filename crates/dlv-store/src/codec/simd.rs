@@ -1,0 +1,204 @@
+//! Vector prefixes of two scalar decoding loops, for x86-64 processors with SSSE3: each runs
+//! while eight more elements of its inputs are in bounds and returns where it stopped, and the
+//! scalar loop (the definition, and the only path elsewhere) finishes from there.
+//!
+//! Both place bytes by a mask eight at a time with one byte shuffle (`pshufb`), whose control
+//! comes from a 256-entry table: for mask m, lane l takes the byte at the rank of l among m's
+//! set bits, or zero where l is not set.
+
+use super::Transform;
+
+/// Merges the parts of a split plane (see [`super::stream::merge_split`]) into `out` from its
+/// start: returns the elements done (a multiple of eight) and how many bytes of `a` and `b`
+/// they took.
+pub fn merge_split_prefix(a: &[u8], b: &[u8], lead: &[bool], out: &mut [u8]) -> (usize, usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt") {
+        // SAFETY: the features were detected just above; the function checks every bound.
+        #[allow(unsafe_code)]
+        return unsafe { x86::merge_split(a, b, lead, out) };
+    }
+    let _ = (a, b, lead, out);
+    (0, 0, 0)
+}
+
+/// Writes the values of a masked chunk of 2-byte elements from its residual planes `p0` (low
+/// bytes) and `p1` (high bytes) of the masked elements, as `super::place` does: `dst` holds
+/// the base (or zeros without one) and a zero residual leaves an element as it is. Returns the
+/// bitmap bytes done and the residuals they took.
+pub fn place_2_prefix(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt") {
+        // SAFETY: as in `merge_split_prefix`.
+        #[allow(unsafe_code)]
+        return unsafe { x86::place_2(p0, p1, bitmap, dst, t, rotate) };
+    }
+    let _ = (p0, p1, bitmap, dst, t, rotate);
+    (0, 0)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Transform;
+
+    /// Shuffle controls: for mask m, byte l is the rank of bit l among m's set bits, or 0x80
+    /// (a zero byte) where bit l is clear.
+    const EXPAND: [[u8; 8]; 256] = {
+        let mut t = [[0x80u8; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut l, mut r) = (0, 0u8);
+            while l < 8 {
+                if m >> l & 1 == 1 {
+                    t[m][l] = r;
+                    r += 1;
+                }
+                l += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    /// Eight bytes of `s` from `at`, if they are in bounds.
+    #[inline]
+    #[target_feature(enable = "ssse3,popcnt")]
+    fn load8(s: &[u8], at: usize) -> Option<__m128i> {
+        let b: &[u8; 8] = s.get(at..at + 8)?.try_into().ok()?;
+        Some(_mm_cvtsi64_si128(i64::from_le_bytes(*b)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "ssse3,popcnt")]
+    fn control(m: usize) -> __m128i {
+        _mm_cvtsi64_si128(i64::from_le_bytes(EXPAND[m & 255]))
+    }
+
+    #[target_feature(enable = "ssse3,popcnt")]
+    pub fn merge_split(a: &[u8], b: &[u8], lead: &[bool], out: &mut [u8]) -> (usize, usize, usize) {
+        let (mut ia, mut ib, mut done) = (0usize, 0usize, 0usize);
+        for (l, o) in lead.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+            let (Some(va), Some(vb)) = (load8(a, ia), load8(b, ib)) else { break };
+            let m = l.iter().enumerate().fold(0usize, |m, (k, &x)| m | (x as usize) << k);
+            let v = _mm_or_si128(_mm_shuffle_epi8(va, control(m)), _mm_shuffle_epi8(vb, control(!m)));
+            o.copy_from_slice(&_mm_cvtsi128_si64(v).to_le_bytes());
+            let k = m.count_ones() as usize;
+            ia += k;
+            ib += 8 - k;
+            done += 8;
+        }
+        (done, ia, ib)
+    }
+
+    #[target_feature(enable = "ssse3,popcnt")]
+    pub fn place_2(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) -> (usize, usize) {
+        // Residual r of eight elements against their base b; each combination of transform and
+        // rotation gets its own loop.
+        let sub = |r: __m128i, b: __m128i| _mm_add_epi16(b, _mm_xor_si128(_mm_srli_epi16::<1>(r), _mm_sub_epi16(_mm_setzero_si128(), _mm_and_si128(r, _mm_set1_epi16(1)))));
+        let turn = |r: __m128i| _mm_or_si128(_mm_srli_epi16::<1>(r), _mm_slli_epi16::<15>(r));
+        match (t, rotate) {
+            (Transform::Sub, false) => place_2_with(p0, p1, bitmap, dst, sub),
+            (Transform::Sub, true) => place_2_with(p0, p1, bitmap, dst, |r, b| sub(turn(r), b)),
+            (Transform::Xor, false) => place_2_with(p0, p1, bitmap, dst, |r, b| _mm_xor_si128(b, r)),
+            (Transform::Xor, true) => place_2_with(p0, p1, bitmap, dst, |r, b| _mm_xor_si128(b, turn(r))),
+            (Transform::None, false) => place_2_with(p0, p1, bitmap, dst, |r, _| r),
+            (Transform::None, true) => place_2_with(p0, p1, bitmap, dst, |r, _| turn(r)),
+            // A magnitude chunk has no planes: never here.
+            (Transform::Magnitude, _) => (0, 0),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "ssse3,popcnt")]
+    fn place_2_with(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], f: impl Fn(__m128i, __m128i) -> __m128i) -> (usize, usize) {
+        let (mut used, mut k) = (0usize, 0usize);
+        for (&m, o) in bitmap.iter().zip(dst.chunks_exact_mut(16)) {
+            if m != 0 {
+                let (Some(lo), Some(hi)) = (load8(p0, used), load8(p1, used)) else { break };
+                let c = control(m as usize);
+                let r = _mm_unpacklo_epi8(_mm_shuffle_epi8(lo, c), _mm_shuffle_epi8(hi, c));
+                // SAFETY: `o` is 16 bytes (chunks_exact_mut).
+                #[allow(unsafe_code)]
+                unsafe {
+                    let b = _mm_loadu_si128(o.as_ptr().cast());
+                    _mm_storeu_si128(o.as_mut_ptr().cast(), f(r, b));
+                }
+                used += m.count_ones() as usize;
+            }
+            k += 1;
+        }
+        (k, used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::{assemble, value_word, Transform};
+
+    /// The definition: element i of the mask takes the next residual, its value from
+    /// `value_word`; the others keep what `dst` holds.
+    fn place_reference(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) {
+        let mut j = 0;
+        for i in 0..dst.len() / 2 {
+            if bitmap.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1) {
+                let r = u16::from_le_bytes([p0[j], p1[j]]) as u64;
+                let b = u16::from_le_bytes([dst[2 * i], dst[2 * i + 1]]) as u64;
+                dst[2 * i..2 * i + 2].copy_from_slice(&(value_word(r, b, t, rotate, 2) as u16).to_le_bytes());
+                j += 1;
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+
+        #[test]
+        fn masked_2_byte_chunks_assemble_as_defined(
+            n in 0usize..700,
+            density in 0u32..=8,
+            seed in any::<u64>(),
+            t in prop::sample::select(vec![Transform::None, Transform::Xor, Transform::Sub]),
+            rotate in any::<bool>(),
+        ) {
+            let mut r = crate::testrand::XorShift::new(seed | 1);
+            // Runs of full, empty and mixed mask bytes, at every density.
+            let bitmap: Vec<u8> = (0..n.div_ceil(8))
+                .map(|k| {
+                    let x = r.next_u64();
+                    let b = match x % 4 {
+                        0 => 0xff,
+                        1 => 0,
+                        _ => (0..8).fold(0u8, |m, l| m | (u8::from((x >> (8 + 4 * l)) % 8 < density as u64) << l)),
+                    };
+                    // No element past n.
+                    if 8 * k + 8 > n { b & ((1u16 << (n - 8 * k)) - 1) as u8 } else { b }
+                })
+                .collect();
+            let count = bitmap.iter().map(|b| b.count_ones() as usize).sum::<usize>();
+            let p0: Vec<u8> = (0..count).map(|_| r.next_u64() as u8).collect();
+            let p1: Vec<u8> = (0..count).map(|_| (r.next_u64() >> 8) as u8).collect();
+            let base: Vec<u8> = (0..2 * n).map(|_| (r.next_u64() >> 16) as u8).collect();
+            let mut want = if t == Transform::None { vec![0u8; 2 * n] } else { base.clone() };
+            place_reference(&p0, &p1, &bitmap, &mut want, t, rotate);
+            let mut got = if t == Transform::None { vec![0u8; 2 * n] } else { base.clone() };
+            let b = (t != Transform::None).then_some(base.as_slice());
+            assemble::<2>(&vec![p0, p1], Some(&bitmap), b, &mut got, t, rotate);
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn split_planes_merge_as_defined(lead in proptest::collection::vec(any::<bool>(), 0..500), seed in any::<u64>()) {
+            let mut r = crate::testrand::XorShift::new(seed | 1);
+            let count = lead.iter().filter(|&&l| l).count();
+            let a: Vec<u8> = (0..count).map(|_| r.next_u64() as u8).collect();
+            let b: Vec<u8> = (0..lead.len() - count).map(|_| r.next_u64() as u8).collect();
+            let (mut ia, mut ib) = (a.iter(), b.iter());
+            let want: Vec<u8> = lead.iter().map(|&l| *if l { ia.next() } else { ib.next() }.unwrap_or(&0)).collect();
+            prop_assert_eq!(super::super::stream::merge_split(&a, &b, &lead), Ok(want));
+        }
+    }
+}
