@@ -697,7 +697,7 @@ fn residual_planes_with<const W: usize>(value: &[u8], base: Option<&[u8]>, f: im
         split_words(&r, &mut planes);
         return (planes, None);
     }
-    let (compact, bitmap) = planes::compact_nonzero(&r);
+    let (compact, bitmap) = planes::compact_nonzero_u32(&r);
     split_words(&compact, &mut planes);
     (planes, Some(bitmap))
 }

@@ -104,6 +104,21 @@ pub fn compact_nonzero<T: Copy + Default + PartialEq>(src: &[T]) -> (Vec<T>, Vec
     (out, bitmap)
 }
 
+/// [`compact_nonzero`] of 32-bit words: eight at a time where the processor can, then the
+/// generic loop from where that stopped.
+pub fn compact_nonzero_u32(src: &[u32]) -> (Vec<u32>, Vec<u8>) {
+    let mut bitmap = vec![0u8; src.len().div_ceil(8)];
+    let mut out = vec![0u32; src.len() + 8];
+    let (done, k) = super::simd::compact_u32_prefix(src, &mut out, &mut bitmap);
+    let (rest, rest_bits) = compact_nonzero(src.get(done..).unwrap_or_default());
+    out.truncate(k);
+    out.extend_from_slice(&rest);
+    if let Some(b) = bitmap.get_mut(done / 8..) {
+        b.copy_from_slice(&rest_bits);
+    }
+    (out, bitmap)
+}
+
 /// Little-endian words of up to 8 bytes from planes (all `width` planes present).
 fn words(planes: &Planes) -> Vec<u64> {
     let n = planes.first().map_or(0, Vec::len);
@@ -262,6 +277,22 @@ mod tests {
             let (pa, pb) = (split(&a, width), split(&b, width));
             let z = sub_zigzag(&pa, &pb);
             assert_eq!(add_unzigzag(&z, &pb), pa, "width {width}");
+        }
+    }
+
+    #[test]
+    fn vector_compaction_of_words_matches_the_definition() {
+        let mut r = crate::testrand::XorShift::new(99);
+        for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 1000, 4099] {
+            for density in [0u64, 1, 4, 7, 8] {
+                let src: Vec<u32> = (0..n)
+                    .map(|_| {
+                        let x = r.next_u64();
+                        if x % 8 < density { (x >> 32) as u32 | 1 } else { 0 }
+                    })
+                    .collect();
+                assert_eq!(compact_nonzero_u32(&src), compact_nonzero(&src), "{n} words, density {density}/8");
+            }
         }
     }
 

@@ -37,6 +37,20 @@ pub fn place_2_prefix(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Tr
     (0, 0)
 }
 
+/// [`super::planes::compact_nonzero`] of 32-bit words into `out` (at least `src.len() + 8`
+/// long) and `bitmap` from their starts: returns the words done (a multiple of eight) and how
+/// many of them were kept.
+pub fn compact_u32_prefix(src: &[u32], out: &mut [u32], bitmap: &mut [u8]) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt") {
+        // SAFETY: as in `merge_split_prefix`.
+        #[allow(unsafe_code)]
+        return unsafe { x86::compact_u32(src, out, bitmap) };
+    }
+    let _ = (src, out, bitmap);
+    (0, 0)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -61,6 +75,46 @@ mod x86 {
         }
         t
     };
+
+    /// Permutations that move the lanes of mask m to the front, in order (the inverse of
+    /// [`EXPAND`]'s placement, for 32-bit lanes).
+    const PACK: [[u32; 8]; 256] = {
+        let mut t = [[0u32; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut l, mut r) = (0, 0);
+            while l < 8 {
+                if m >> l & 1 == 1 {
+                    t[m][r] = l as u32;
+                    r += 1;
+                }
+                l += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    #[target_feature(enable = "avx2,popcnt")]
+    pub fn compact_u32(src: &[u32], out: &mut [u32], bitmap: &mut [u8]) -> (usize, usize) {
+        let (mut k, mut done) = (0usize, 0usize);
+        for (group, bits) in src.chunks_exact(8).zip(bitmap.iter_mut()) {
+            let Some(dst) = out.get_mut(k..k + 8) else { break };
+            // SAFETY: `group` and `dst` are eight u32 each; PACK rows are eight u32.
+            #[allow(unsafe_code)]
+            unsafe {
+                let v = _mm256_loadu_si256(group.as_ptr().cast());
+                let zero = _mm256_cmpeq_epi32(v, _mm256_setzero_si256());
+                let m = (!_mm256_movemask_ps(_mm256_castsi256_ps(zero)) & 0xff) as usize;
+                let packed = _mm256_permutevar8x32_epi32(v, _mm256_loadu_si256(PACK[m].as_ptr().cast()));
+                _mm256_storeu_si256(dst.as_mut_ptr().cast(), packed);
+                *bits = m as u8;
+                k += m.count_ones() as usize;
+            }
+            done += 8;
+        }
+        (done, k)
+    }
 
     /// Eight bytes of `s` from `at`, if they are in bounds.
     #[inline]
