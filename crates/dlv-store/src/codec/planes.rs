@@ -119,6 +119,20 @@ pub fn compact_nonzero_u32(src: &[u32]) -> (Vec<u32>, Vec<u8>) {
     (out, bitmap)
 }
 
+/// [`compact_nonzero`] of bytes, as [`compact_nonzero_u32`] does words.
+pub fn compact_nonzero_u8(src: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut bitmap = vec![0u8; src.len().div_ceil(8)];
+    let mut out = vec![0u8; src.len() + 8];
+    let (done, k) = super::simd::compact_u8_prefix(src, &mut out, &mut bitmap);
+    let (rest, rest_bits) = compact_nonzero(src.get(done..).unwrap_or_default());
+    out.truncate(k);
+    out.extend_from_slice(&rest);
+    if let Some(b) = bitmap.get_mut(done / 8..) {
+        b.copy_from_slice(&rest_bits);
+    }
+    (out, bitmap)
+}
+
 /// Little-endian words of up to 8 bytes from planes (all `width` planes present).
 fn words(planes: &Planes) -> Vec<u64> {
     let n = planes.first().map_or(0, Vec::len);
@@ -292,6 +306,8 @@ mod tests {
                     })
                     .collect();
                 assert_eq!(compact_nonzero_u32(&src), compact_nonzero(&src), "{n} words, density {density}/8");
+                let bytes: Vec<u8> = src.iter().map(|&w| (w >> 8) as u8 | (w != 0) as u8).collect();
+                assert_eq!(compact_nonzero_u8(&bytes), compact_nonzero(&bytes), "{n} bytes, density {density}/8");
             }
         }
     }

@@ -51,6 +51,20 @@ pub fn compact_u32_prefix(src: &[u32], out: &mut [u32], bitmap: &mut [u8]) -> (u
     (0, 0)
 }
 
+/// [`super::planes::compact_nonzero`] of bytes into `out` (at least `src.len() + 8` long) and
+/// `bitmap` from their starts: returns the bytes done (a multiple of eight) and how many of them
+/// were kept.
+pub fn compact_u8_prefix(src: &[u8], out: &mut [u8], bitmap: &mut [u8]) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt") {
+        // SAFETY: as in `merge_split_prefix`.
+        #[allow(unsafe_code)]
+        return unsafe { x86::compact_u8(src, out, bitmap) };
+    }
+    let _ = (src, out, bitmap);
+    (0, 0)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -94,6 +108,39 @@ mod x86 {
         }
         t
     };
+
+    /// [`PACK`] as byte shuffle controls for eight bytes.
+    const PACK8: [[u8; 8]; 256] = {
+        let mut t = [[0x80u8; 8]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let mut l = 0;
+            while l < 8 {
+                if PACK[m][l] < 8 && (l == 0 || PACK[m][l] != 0) {
+                    t[m][l] = PACK[m][l] as u8;
+                }
+                l += 1;
+            }
+            m += 1;
+        }
+        t
+    };
+
+    #[target_feature(enable = "ssse3,popcnt")]
+    pub fn compact_u8(src: &[u8], out: &mut [u8], bitmap: &mut [u8]) -> (usize, usize) {
+        let (mut k, mut done) = (0usize, 0usize);
+        for (group, bits) in src.chunks_exact(8).zip(bitmap.iter_mut()) {
+            let (Some(v), Some(dst)) = (load8(group, 0), out.get_mut(k..k + 8)) else { break };
+            let zero = _mm_cmpeq_epi8(v, _mm_setzero_si128());
+            let m = (!_mm_movemask_epi8(zero) & 0xff) as usize;
+            let packed = _mm_shuffle_epi8(v, _mm_cvtsi64_si128(i64::from_le_bytes(PACK8[m])));
+            dst.copy_from_slice(&_mm_cvtsi128_si64(packed).to_le_bytes());
+            *bits = m as u8;
+            k += m.count_ones() as usize;
+            done += 8;
+        }
+        (done, k)
+    }
 
     #[target_feature(enable = "avx2,popcnt")]
     pub fn compact_u32(src: &[u32], out: &mut [u32], bitmap: &mut [u8]) -> (usize, usize) {

@@ -146,7 +146,7 @@ pub fn encode_with_hist(plane: &[u8], hist: &[u64; 256]) -> (Coder, Vec<u8>) {
 }
 
 fn encode_sparse(plane: &[u8]) -> Option<Vec<u8>> {
-    let (values, bitmap) = super::planes::compact_nonzero(plane);
+    let (values, bitmap) = super::planes::compact_nonzero_u8(plane);
     let bz = zstd1(&bitmap).ok()?;
     let vz = zstd1(&values).ok()?;
     let mut out = Vec::with_capacity(4 + bz.len() + vz.len());
