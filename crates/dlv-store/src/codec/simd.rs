@@ -1,10 +1,13 @@
-//! Vector prefixes of two scalar decoding loops, for x86-64 processors with SSSE3: each runs
-//! while eight more elements of its inputs are in bounds and returns where it stopped, and the
-//! scalar loop (the definition, and the only path elsewhere) finishes from there.
+//! Vector prefixes of four scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
+//! words): the decoder's split-plane merge and masked 2-byte assembly, and the encoder's
+//! compaction of non-zero words and bytes. Each runs while eight more elements of its inputs
+//! are in bounds and returns where it stopped, and the scalar loop (the definition, and the
+//! only path elsewhere) finishes from there; tests compare each with the definition.
 //!
-//! Both place bytes by a mask eight at a time with one byte shuffle (`pshufb`), whose control
-//! comes from a 256-entry table: for mask m, lane l takes the byte at the rank of l among m's
-//! set bits, or zero where l is not set.
+//! The decoder's two place bytes by a mask eight at a time with one byte shuffle (`pshufb`),
+//! whose control comes from a 256-entry table: for mask m, lane l takes the byte at the rank of
+//! l among m's set bits, or zero where l is not set. The encoder's two do the inverse: the
+//! lanes of m move to the front, in order.
 
 use super::Transform;
 
