@@ -107,23 +107,23 @@ pub fn compact_nonzero<T: Copy + Default + PartialEq>(src: &[T]) -> (Vec<T>, Vec
 /// [`compact_nonzero`] of 32-bit words: eight at a time where the processor can, then the
 /// generic loop from where that stopped.
 pub fn compact_nonzero_u32(src: &[u32]) -> (Vec<u32>, Vec<u8>) {
-    let mut bitmap = vec![0u8; src.len().div_ceil(8)];
-    let mut out = vec![0u32; src.len() + 8];
-    let (done, k) = super::simd::compact_u32_prefix(src, &mut out, &mut bitmap);
-    let (rest, rest_bits) = compact_nonzero(src.get(done..).unwrap_or_default());
-    out.truncate(k);
-    out.extend_from_slice(&rest);
-    if let Some(b) = bitmap.get_mut(done / 8..) {
-        b.copy_from_slice(&rest_bits);
-    }
-    (out, bitmap)
+    compact_with(src, super::simd::compact_u32_prefix)
 }
 
 /// [`compact_nonzero`] of bytes, as [`compact_nonzero_u32`] does words.
 pub fn compact_nonzero_u8(src: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    compact_with(src, super::simd::compact_u8_prefix)
+}
+
+/// A vector prefix of [`compact_nonzero`] (see [`super::simd`]): source, output, bitmap; it
+/// returns the elements done and how many it kept.
+type CompactPrefix<T> = fn(&[T], &mut [T], &mut [u8]) -> (usize, usize);
+
+/// [`compact_nonzero`] with `prefix` doing the elements it can first.
+fn compact_with<T: Copy + Default + PartialEq>(src: &[T], prefix: CompactPrefix<T>) -> (Vec<T>, Vec<u8>) {
     let mut bitmap = vec![0u8; src.len().div_ceil(8)];
-    let mut out = vec![0u8; src.len() + 8];
-    let (done, k) = super::simd::compact_u8_prefix(src, &mut out, &mut bitmap);
+    let mut out = vec![T::default(); src.len() + 8];
+    let (done, k) = prefix(src, &mut out, &mut bitmap);
     let (rest, rest_bits) = compact_nonzero(src.get(done..).unwrap_or_default());
     out.truncate(k);
     out.extend_from_slice(&rest);

@@ -391,26 +391,9 @@ fn step(x: &mut u32, pos: &mut usize, tables: Tables<'_>, word: impl Fn(usize) -
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::simd::RANK;
     use super::{LOW, SCALE_BITS, TOTAL, WIDE};
 
-    /// For each mask of the eight lanes that need a word, the index among the words read of
-    /// each such lane's word (its rank among them, in lane order).
-    const RANKS: [[u32; 8]; 256] = {
-        let mut t = [[0u32; 8]; 256];
-        let mut m = 0;
-        while m < 256 {
-            let (mut l, mut r) = (0, 0);
-            while l < 8 {
-                if m >> l & 1 == 1 {
-                    t[m][l] = r;
-                    r += 1;
-                }
-                l += 1;
-            }
-            m += 1;
-        }
-        t
-    };
 
     /// Decodes whole rounds of [`WIDE`] symbols into `out`, eight states per vector, while
     /// the next eight words lie inside `body`; returns the symbols decoded (a multiple of
@@ -464,9 +447,11 @@ mod x86 {
                 // Below LOW: the top 16 bits are zero.
                 let need = _mm256_cmpeq_epi32(_mm256_srli_epi32::<16>(nx), zero);
                 let mask = _mm256_movemask_ps(_mm256_castsi256_ps(need)) as usize;
-                // SAFETY: `win` is 16 bytes; RANKS has 256 rows of eight u32.
+                // SAFETY: `win` is 16 bytes. The lanes' word indices are their ranks among the
+                // lanes that need a word (RANK; the others' indices are unused).
                 #[allow(unsafe_code)]
-                let (words, ranks) = unsafe { (_mm_loadu_si128(win.as_ptr().cast()), _mm256_loadu_si256(RANKS[mask].as_ptr().cast())) };
+                let words = unsafe { _mm_loadu_si128(win.as_ptr().cast()) };
+                let ranks = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(RANK[mask & 255])));
                 let w = _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(words), ranks);
                 x[k] = _mm256_blendv_epi8(nx, _mm256_or_si256(_mm256_slli_epi32::<16>(nx), w), need);
                 *pos += mask.count_ones() as usize;

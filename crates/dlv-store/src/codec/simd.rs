@@ -11,6 +11,27 @@
 
 use super::Transform;
 
+/// Per mask m of eight lanes: for each set lane l, the rank of l among m's set lanes; 0x80
+/// for a clear lane. As a byte shuffle's control it places the next bytes at m's lanes (zero
+/// elsewhere); the rANS vector decoder uses it as the lanes' word indices.
+#[cfg(target_arch = "x86_64")]
+pub const RANK: [[u8; 8]; 256] = {
+    let mut t = [[0x80u8; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut l, mut r) = (0, 0u8);
+        while l < 8 {
+            if m >> l & 1 == 1 {
+                t[m][l] = r;
+                r += 1;
+            }
+            l += 1;
+        }
+        m += 1;
+    }
+    t
+};
+
 /// Merges the parts of a split plane (see [`super::stream::merge_split`]) into `out` from its
 /// start: returns the elements done (a multiple of eight) and how many bytes of `a` and `b`
 /// they took.
@@ -72,29 +93,11 @@ pub fn compact_u8_prefix(src: &[u8], out: &mut [u8], bitmap: &mut [u8]) -> (usiz
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::Transform;
+    use super::{Transform, RANK};
 
-    /// Shuffle controls: for mask m, byte l is the rank of bit l among m's set bits, or 0x80
-    /// (a zero byte) where bit l is clear.
-    const EXPAND: [[u8; 8]; 256] = {
-        let mut t = [[0x80u8; 8]; 256];
-        let mut m = 0;
-        while m < 256 {
-            let (mut l, mut r) = (0, 0u8);
-            while l < 8 {
-                if m >> l & 1 == 1 {
-                    t[m][l] = r;
-                    r += 1;
-                }
-                l += 1;
-            }
-            m += 1;
-        }
-        t
-    };
 
     /// Permutations that move the lanes of mask m to the front, in order (the inverse of
-    /// [`EXPAND`]'s placement, for 32-bit lanes).
+    /// [`RANK`]'s placement, for 32-bit lanes).
     const PACK: [[u32; 8]; 256] = {
         let mut t = [[0u32; 8]; 256];
         let mut m = 0;
@@ -177,7 +180,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "ssse3,popcnt")]
     fn control(m: usize) -> __m128i {
-        _mm_cvtsi64_si128(i64::from_le_bytes(EXPAND[m & 255]))
+        _mm_cvtsi64_si128(i64::from_le_bytes(RANK[m & 255]))
     }
 
     #[target_feature(enable = "ssse3,popcnt")]
