@@ -493,8 +493,8 @@ fn has_bmi2() -> bool {
 fn classes_of<const W: usize>(bmi2: bool, group: &[u8], field: u64, valid: u64, lims: &[Option<u64>; CLASSES - 1], flags: &mut [Flags; CLASSES]) -> [u64; CLASSES] {
     #[cfg(target_arch = "x86_64")]
     if bmi2 {
-        // SAFETY: the functions only enable SSE2, which every x86-64 processor has, and BMI2,
-        // which the caller detected at run time.
+        // SAFETY: the functions only enable SSE2, which every x86-64 processor has, and BMI2
+        // and POPCNT, which the caller detected at run time (`has_bmi2`).
         #[allow(unsafe_code)]
         return unsafe {
             if W == 2 && group.len() == 128 {

@@ -257,15 +257,11 @@ pub fn decode_wide(data: &[u8], n: usize) -> Result<Vec<u8>, String> {
     decode_ways::<WIDE>(data, n, false)
 }
 
+/// Whether the processor has what the vector decoder is compiled for: AVX2 and POPCNT (AVX2
+/// does not imply POPCNT).
+#[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt")
 }
 
 /// Decodes a stream of `W` states; `scalar` rules out the vector loop (tests compare both).
@@ -297,6 +293,7 @@ fn decode_ways<const W: usize>(data: &[u8], n: usize, scalar: bool) -> Result<Ve
     // Words are read in place: `pos` counts the words read so far.
     let mut pos = 0usize;
     // Symbols decoded by the vector loop, a multiple of eight (its states carry on below).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0usize;
     #[cfg(target_arch = "x86_64")]
     if W == WIDE && !scalar && has_avx2() {
@@ -311,8 +308,8 @@ fn decode_ways<const W: usize>(data: &[u8], n: usize, scalar: bool) -> Result<Ve
             cum += f as usize;
         }
         if let Ok(lanes) = <&mut [u32; WIDE]>::try_from(&mut states[..]) {
-            // SAFETY: AVX2 was detected at run time just above; every memory access of the
-            // function is bounds-checked or proven in bounds there.
+            // SAFETY: AVX2 and POPCNT were detected at run time just above; every memory
+            // access of the function is bounds-checked or proven in bounds there.
             #[allow(unsafe_code)]
             {
                 done = unsafe { x86::decode_wide(lanes, body, &packed, &mut out, &mut pos) };

@@ -48,8 +48,10 @@ pub fn merge_split_prefix(a: &[u8], b: &[u8], lead: &[bool], out: &mut [u8]) -> 
 
 /// Writes the values of a masked chunk of 2-byte elements from its residual planes `p0` (low
 /// bytes) and `p1` (high bytes) of the masked elements, as `super::place` does: `dst` holds
-/// the base (or zeros without one) and a zero residual leaves an element as it is. Returns the
-/// bitmap bytes done and the residuals they took.
+/// the base (or zeros without one) and a zero residual leaves an element as it is. Without a
+/// base (`Transform::None`) the vector writes zero outside the mask, which is what `dst` holds
+/// there (`super::assemble_chunk` zero-fills it). Returns the bitmap bytes done and the
+/// residuals they took.
 pub fn place_2_prefix(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt") {
