@@ -257,13 +257,6 @@ pub fn decode_wide(data: &[u8], n: usize) -> Result<Vec<u8>, String> {
     decode_ways::<WIDE>(data, n, false)
 }
 
-/// Whether the processor has what the vector decoder is compiled for: AVX2 and POPCNT (AVX2
-/// does not imply POPCNT).
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt")
-}
-
 /// Decodes a stream of `W` states; `scalar` rules out the vector loop (tests compare both).
 fn decode_ways<const W: usize>(data: &[u8], n: usize, scalar: bool) -> Result<Vec<u8>, String> {
     if n == 0 {
@@ -296,7 +289,7 @@ fn decode_ways<const W: usize>(data: &[u8], n: usize, scalar: bool) -> Result<Ve
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0usize;
     #[cfg(target_arch = "x86_64")]
-    if W == WIDE && !scalar && has_avx2() {
+    if W == WIDE && !scalar && super::simd::avx2() {
         // One packed entry per slot (frequency, slot - start, symbol: 12, 12 and 8 bits), for
         // the vector gathers.
         let mut packed = [0u32; TOTAL as usize];

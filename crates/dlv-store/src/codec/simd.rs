@@ -32,13 +32,27 @@ pub const RANK: [[u8; 8]; 256] = {
     t
 };
 
+/// Whether the processor has SSSE3 and POPCNT, what the byte-shuffle prefixes need.
+#[cfg(target_arch = "x86_64")]
+pub fn ssse3() -> bool {
+    std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt")
+}
+
+/// Whether the processor has AVX2 and POPCNT (AVX2 does not imply POPCNT), what the 32-bit
+/// compaction and the wide rANS decoder need.
+#[cfg(target_arch = "x86_64")]
+pub fn avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt")
+}
+
 /// Merges the parts of a split plane (see [`super::stream::merge_split`]) into `out` from its
 /// start: returns the elements done (a multiple of eight) and how many bytes of `a` and `b`
 /// they took.
 pub fn merge_split_prefix(a: &[u8], b: &[u8], lead: &[bool], out: &mut [u8]) -> (usize, usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt") {
-        // SAFETY: the features were detected just above; the function checks every bound.
+    if ssse3() {
+        // SAFETY: the features the function enables were detected just above; it checks every
+        // bound.
         #[allow(unsafe_code)]
         return unsafe { x86::merge_split(a, b, lead, out) };
     }
@@ -54,7 +68,7 @@ pub fn merge_split_prefix(a: &[u8], b: &[u8], lead: &[bool], out: &mut [u8]) -> 
 /// residuals they took.
 pub fn place_2_prefix(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt") {
+    if ssse3() {
         // SAFETY: as in `merge_split_prefix`.
         #[allow(unsafe_code)]
         return unsafe { x86::place_2(p0, p1, bitmap, dst, t, rotate) };
@@ -68,7 +82,7 @@ pub fn place_2_prefix(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Tr
 /// many of them were kept.
 pub fn compact_u32_prefix(src: &[u32], out: &mut [u32], bitmap: &mut [u8]) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("popcnt") {
+    if avx2() {
         // SAFETY: as in `merge_split_prefix`.
         #[allow(unsafe_code)]
         return unsafe { x86::compact_u32(src, out, bitmap) };
@@ -82,7 +96,7 @@ pub fn compact_u32_prefix(src: &[u32], out: &mut [u32], bitmap: &mut [u8]) -> (u
 /// were kept.
 pub fn compact_u8_prefix(src: &[u8], out: &mut [u8], bitmap: &mut [u8]) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("ssse3") && std::is_x86_feature_detected!("popcnt") {
+    if ssse3() {
         // SAFETY: as in `merge_split_prefix`.
         #[allow(unsafe_code)]
         return unsafe { x86::compact_u8(src, out, bitmap) };
