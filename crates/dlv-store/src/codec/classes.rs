@@ -84,6 +84,8 @@ fn encode_with<const W: usize>(value: &[u8], base: &[u8], shape: Shape, (seg, fi
     let field = shape.emask << shape.shift;
     let mut flags: [Bits; CLASSES] = Default::default();
     let mut planes: Vec<Vec<Vec<u8>>> = vec![vec![Vec::new(); W]; CLASSES];
+    // Two-byte elements: each class's codes are gathered whole and cut into planes at the end.
+    let mut codes: [Codes; CLASSES] = Default::default();
     for ((s, vc), bc) in segs.iter().zip(segments(value, first, seg, W)).zip(segments(base, first, seg, W)) {
         if s.typical == 0 {
             continue;
@@ -93,6 +95,14 @@ fn encode_with<const W: usize>(value: &[u8], base: &[u8], shape: Shape, (seg, fi
             let len = bg.len() / W;
             let valid = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
             let (members, bits, changed) = split_of::<W>(bmi2, vg, bg, field, valid, &lims);
+            if W == 2 {
+                let z = turn_group_2(vg, bg, s.main);
+                for c in 0..CLASSES {
+                    flags[c].put(bits[c], members[c].count_ones());
+                    codes[c].push(&z, members[c] & changed);
+                }
+                continue;
+            }
             for c in 0..CLASSES {
                 flags[c].put(bits[c], members[c].count_ones());
                 let mut m = members[c] & changed;
@@ -107,6 +117,13 @@ fn encode_with<const W: usize>(value: &[u8], base: &[u8], shape: Shape, (seg, fi
                     }
                 }
             }
+        }
+    }
+    if W == 2 {
+        for (c, p) in codes.iter().zip(planes.iter_mut()) {
+            let z = &c.codes[..c.fill];
+            p[0] = z.iter().map(|&z| z as u8).collect();
+            p[1] = z.iter().map(|&z| (z >> 8) as u8).collect();
         }
     }
     let mut side = Vec::with_capacity(3 * segs.len());
@@ -157,12 +174,14 @@ fn stats<const W: usize>(vc: &[u8], bc: &[u8], shape: Shape, sign: u32) -> (u64,
 /// (below 2^17) is read from the exponent of its conversion to f32, which is exact.
 fn stats_2(vc: &[u8], bc: &[u8], shape: Shape) -> (u64, u64, u64) {
     let (shift, emask) = (shape.shift, shape.emask as u32);
+    // Only SSE2 instructions where x86-64 has them: a signed conversion, no 32-bit max or
+    // multiply (an unchanged element's terms are masked off, whatever its `len`).
     let one = |v: u16, b: u16| -> (u32, u32, u32) {
         let (v, b) = (v as i32, b as i32);
         let d = v - b;
-        let len = (((d.unsigned_abs() as f32).to_bits() >> 23) as i32 - 126).max(0) as u32;
+        let len = ((d.wrapping_abs() as f32).to_bits() >> 23).wrapping_sub(126);
         let m = (d != 0) as u32;
-        (m, m * (len + ((b as u32 >> shift) & emask)), m & (((d < 0) as u32 ^ (b as u32 >> 15)) & 1 ^ 1))
+        (m, len.wrapping_add((b as u32 >> shift) & emask) & 0u32.wrapping_sub(m), m & (((d < 0) as u32 ^ (b as u32 >> 15)) & 1 ^ 1))
     };
     let (mut moved, mut sum, mut up) = (0u64, 0u64, 0u64);
     // Blocks of 4096 keep the 32-bit sums from overflowing (4096 * (17 + 255) < 2^32).
@@ -191,6 +210,52 @@ fn turn<const W: usize>(d: u64, b: u64, main: u8) -> u64 {
         z
     } else {
         z & ((1u64 << bits) - 1)
+    }
+}
+
+/// [`turn`] of every element of a group of two-byte elements (zero past its end).
+#[inline(always)]
+fn turn_group_2(vg: &[u8], bg: &[u8], main: u8) -> [u16; 64] {
+    #[cfg(target_arch = "x86_64")]
+    if let (Ok(vg), Ok(bg)) = (<&[u8; 128]>::try_from(vg), <&[u8; 128]>::try_from(bg)) {
+        // SAFETY: SSE2 is part of x86-64.
+        #[allow(unsafe_code)]
+        return unsafe { x86::turn_2(vg, bg, main) };
+    }
+    let mut z = [0u16; 64];
+    for ((z, v), b) in z.iter_mut().zip(vg.chunks_exact(2)).zip(bg.chunks_exact(2)) {
+        let (v, b) = (u16::from_le_bytes([v[0], v[1]]), u16::from_le_bytes([b[0], b[1]]));
+        *z = turn::<2>(v.wrapping_sub(b) as u64, b as u64, main) as u16;
+    }
+    z
+}
+
+/// A class's codes of two-byte elements as gathered: `codes[..fill]` (the rest is room).
+#[derive(Default)]
+struct Codes {
+    codes: Vec<u16>,
+    fill: usize,
+}
+
+impl Codes {
+    /// Appends the codes `z` of the elements set in `m`, lowest first.
+    #[inline(always)]
+    fn push(&mut self, z: &[u16; 64], mut m: u64) {
+        if m == 0 {
+            return;
+        }
+        if self.codes.len() < self.fill + 64 {
+            self.codes.resize((2 * self.codes.len()).max(self.fill + 64), 0);
+        }
+        // No capacity check per element: a group adds at most 64.
+        let out = &mut self.codes[self.fill..self.fill + 64];
+        let mut k = 0;
+        while m != 0 {
+            out[k & 63] = z[m.trailing_zeros() as usize];
+            k += 1;
+            m &= m - 1;
+        }
+        self.fill += k;
     }
 }
 
@@ -469,6 +534,28 @@ mod x86 {
         }
     }
 
+    /// The turned codes of a group of 64 two-byte elements: [`super::turn`], eight at a time
+    /// (the inverse of [`dense_2`]).
+    #[target_feature(enable = "sse2")]
+    pub fn turn_2(vg: &[u8; 128], bg: &[u8; 128], main: u8) -> [u16; 64] {
+        let mut z = [0u16; 64];
+        let main = _mm_set1_epi16((main & 1) as i16 ^ 1);
+        for k in 0..8 {
+            // SAFETY: k < 8: 16 bytes at 16 k of the 128-byte groups.
+            #[allow(unsafe_code)]
+            let (v, b) = unsafe { (_mm_loadu_si128(vg.as_ptr().add(16 * k).cast()), _mm_loadu_si128(bg.as_ptr().add(16 * k).cast())) };
+            let flip = _mm_xor_si128(_mm_srli_epi16::<15>(b), main);
+            let d = _mm_add_epi16(_mm_xor_si128(_mm_sub_epi16(v, b), _mm_sub_epi16(_mm_setzero_si128(), flip)), flip);
+            let code = _mm_xor_si128(_mm_slli_epi16::<1>(d), _mm_srai_epi16::<15>(d));
+            // SAFETY: as above, 8 codes at 8 k of `z`.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_storeu_si128(z.as_mut_ptr().add(8 * k).cast(), code)
+            };
+        }
+        z
+    }
+
     /// The classes of a group of 64 elements of any width, with the BMI2 deposit.
     #[target_feature(enable = "bmi2,popcnt")]
     pub fn group_classes_w<const W: usize>(group: &[u8], field: u64, valid: u64, lims: &[Option<u64>; super::CLASSES - 1], flags: &mut [super::Flags; super::CLASSES]) -> [u64; super::CLASSES] {
@@ -745,6 +832,27 @@ mod tests {
         for d in [0u64, 1, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 12345] {
             for (b, main) in [(0u64, 0u8), (0x8000_0000, 1)] {
                 assert_eq!(unturn::<4>(turn::<4>(d, b, main), b, main as u64) & 0xffff_ffff, d);
+            }
+        }
+    }
+
+    #[test]
+    fn groups_are_turned_as_element_by_element() {
+        let mut r = crate::testrand::XorShift::new(7);
+        for len in [128usize, 126, 2, 0] {
+            for main in [0u8, 1] {
+                let (vg, bg): (Vec<u8>, Vec<u8>) = (0..len).map(|_| (r.next_u64() as u8, r.next_u64() as u8)).unzip();
+                let z = turn_group_2(&vg, &bg, main);
+                for (i, &z) in z.iter().enumerate() {
+                    let want = match (vg.get(2 * i..2 * i + 2), bg.get(2 * i..2 * i + 2)) {
+                        (Some(v), Some(b)) => {
+                            let (v, b) = (u16::from_le_bytes([v[0], v[1]]) as u64, u16::from_le_bytes([b[0], b[1]]) as u64);
+                            turn::<2>(v.wrapping_sub(b) & 0xffff, b, main)
+                        }
+                        _ => 0,
+                    };
+                    assert_eq!(z as u64, want, "len {len} main {main} element {i}");
+                }
             }
         }
     }

@@ -549,4 +549,10 @@ fn changed_two_byte_elements_are_counted() {
         }
         assert_eq!(super::changed_2(&value, &base), want, "n {n}");
     }
+    // Every element changed, across the counter's blocks of 65,535 words: no lane overflows.
+    for n in [4 * 0xffff, 4 * 0xffff + 9, 8 * 0xffff + 4] {
+        let base = vec![0u8; 2 * n];
+        let value = vec![0x80u8; 2 * n];
+        assert_eq!(super::changed_2(&value, &base), n, "n {n}");
+    }
 }
