@@ -549,6 +549,13 @@ fn changed_two_byte_elements_are_counted() {
         }
         assert_eq!(super::changed_2(&value, &base), want, "n {n}");
     }
+    // The sparse test: a sample decides far from the share, every element is counted near it.
+    let n = 1 << 16;
+    let base = vec![0u8; 2 * n];
+    for (percent, sparse) in [(0, true), (10, true), (49, true), (50, true), (51, false), (90, false), (100, false)] {
+        let value: Vec<u8> = (0..n).flat_map(|i| if i * 7919 % 100 < percent { [1u8, 0] } else { [0, 0] }).collect();
+        assert_eq!(super::sparse_2(&value, &base), sparse, "{percent}%");
+    }
     // Every element changed, across the counter's blocks of 65,535 words: no lane overflows.
     for n in [4 * 0xffff, 4 * 0xffff + 9, 8 * 0xffff + 4] {
         let base = vec![0u8; 2 * n];
