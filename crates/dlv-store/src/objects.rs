@@ -956,7 +956,8 @@ impl ChunkReader {
             let base = base?.ok_or_else(|| corrupt(&self.id, "base ends before this object"))?;
             (own?, Some(base))
         };
-        let mut value = Vec::with_capacity(h.elems as usize * width);
+        // Empty: the chunk is allocated zeroed (or from the base) by `assemble_chunk`.
+        let mut value = Vec::new();
         codec::assemble_chunk(&h, &own, base.as_deref(), &mut value).map_err(|m| self.corrupt(m))?;
         self.remaining -= h.elems;
         self.index += 1;

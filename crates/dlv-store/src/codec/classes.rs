@@ -601,13 +601,16 @@ fn classes_of<const W: usize>(bmi2: bool, group: &[u8], field: u64, valid: u64, 
 #[inline(always)]
 fn merge_2<const W: usize>(changed: &[u64; CLASSES], planes: &[[Vec<u8>; W]], cursor: &mut [usize; CLASSES], bg: &[u8; 128], og: &mut [u8; 128], main: u64) -> bool {
     let total: u32 = changed.iter().map(|c| c.count_ones()).sum();
+    // Few changes: the base's group, then element by element. More: the codes are placed in a
+    // dense group first (zero for the others, which unturns to a zero delta), and all 64
+    // values are then computed eight to a vector.
+    let dense = total >= DENSE_MIN;
+    if !dense {
+        og.copy_from_slice(bg);
+    }
     if total == 0 {
         return true;
     }
-    // Few changes: element by element. More: the codes are placed in a dense group first (zero
-    // for the others, which unturns to a zero delta), and all 64 values are then computed
-    // eight to a vector.
-    let dense = total >= DENSE_MIN;
     let mut z = [0u16; 64];
     for ((&ch, p), k) in changed.iter().zip(planes).zip(cursor.iter_mut()) {
         if ch == 0 {
@@ -669,7 +672,7 @@ fn read_stream(data: &[u8], at: usize, n: usize) -> Result<(Vec<u8>, usize), Str
 }
 
 /// Decodes a stream of `n` elements (`W` bytes each, the float kind `shape` describes) against
-/// `base` into `out`, which holds `base` on entry (only changed elements are written). Every
+/// `base` into `out`, writing every element whatever `out` holds on entry. Every
 /// length is checked against `n`, so a corrupt stream is an error, never a panic or a large
 /// allocation; the value's hash covers the rest.
 pub(super) fn decode_w<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
@@ -726,12 +729,14 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
     if base.len() != n * W || out.len() != n * W {
         return Err("class planes stream: base chunk does not match".into());
     }
-    // `out` holds the base already: only changed elements are written.
+    // Every element of `out` is written: unchanged segments and groups are copied from the
+    // base as the loop reaches them (while in the cache), changed elements over them.
     let wmask = if W == 8 { u64::MAX } else { (1u64 << (8 * W)) - 1 };
     let mut cursor = [0usize; CLASSES];
     let field = EMASK << SHIFT;
     for ((s, bc), oc) in segs.iter().zip(segments(base, first, seg, W)).zip(segments_mut(out, first, seg, W)) {
         if s.typical == 0 {
+            oc.copy_from_slice(bc);
             continue;
         }
         let (tp, main) = (s.typical as i64 + MC_OFF, s.main as u64);
@@ -750,6 +755,7 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
                     return Err("class planes classes do not match the chunk's elements".into());
                 }
             }
+            og.copy_from_slice(bg);
             for (c, mut ch) in changed.into_iter().enumerate() {
                 let (p, mut k) = (&planes[c], cursor[c]);
                 let (p0, p1) = (p[0].as_slice(), p.get(1).map_or(&[][..], Vec::as_slice));
@@ -874,7 +880,8 @@ mod tests {
         let coded = encode_with::<W>(value, base, shape, segs, false).ok_or("not coded")?;
         assert!(encode_with::<W>(value, base, shape, segs, has_bmi2()) == Some(coded.clone()), "W {W}, segments {segs:?}");
         for bmi2 in [false, has_bmi2()] {
-            let mut out = base.to_vec();
+            // Whatever `out` holds on entry: every element is written.
+            let mut out = vec![0xa5; base.len()];
             decode_with::<W, SHIFT, EMASK>(&coded, base, value.len() / W, &mut out, bmi2)?;
             assert!(out == value, "W {W}, segments {segs:?}, bmi2 {bmi2}");
         }

@@ -1027,10 +1027,13 @@ pub fn assemble_chunk(h: &ChunkHeader, r: &Residual, base: Option<&[u8]>, out: &
     };
     let start = out.len();
     // A masked chunk starts from the base's bytes (elements outside the mask are the base's,
-    // or zero without a base): written once, instead of zeroed and then copied over.
-    // So does a magnitude chunk (its decoder writes only what it must).
-    match base.filter(|_| r.bitmap.is_some() || h.transform == Transform::Magnitude) {
+    // or zero without a base): written once, instead of zeroed and then copied over. Other
+    // chunks write every element (a magnitude chunk's decoder copies unchanged groups of the
+    // base as it goes, while they are in the cache).
+    match base.filter(|_| r.bitmap.is_some() && h.transform != Transform::Magnitude) {
         Some(b) => out.extend_from_slice(b),
+        // A fresh buffer: zeroed pages from the allocator, not a pass of stores.
+        None if start == 0 && out.capacity() < n * width => *out = vec![0; n * width],
         None => out.resize(start + n * width, 0),
     }
     let dst = &mut out[start..];
@@ -1282,7 +1285,7 @@ pub fn combine(h: &ChunkHeader, mut r: Planes, base: Option<&Planes>, keep: usiz
         }
         let mut bytes = Vec::with_capacity(n * width);
         planes::join_top(b, 0, &mut bytes);
-        let mut value = bytes.clone();
+        let mut value = vec![0; bytes.len()];
         decode_magnitude(&r[width - 1], &bytes, width, n, &mut value)?;
         let mut v = planes::split(&value, width);
         for p in v.iter_mut().take(width - keep.min(width)) {
