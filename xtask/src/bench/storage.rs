@@ -213,8 +213,9 @@ pub fn run() -> Result<()> {
 
     // The machine is shared: each figure is the best of a few runs (DLV_BENCH_ROUNDS, default 3).
     let rounds: usize = std::env::var("DLV_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
-    println!("\ncodec throughput in memory (MB/s of raw tensor bytes; BLAKE3 of the value included, no disk; best of {rounds} runs)");
-    println!("(the levels of one series take turns within each round, so a busy spell on the shared machine hits them alike)");
+    println!("\ncodec throughput in memory (MB/s of raw tensor bytes; BLAKE3 of the value included, no disk)");
+    println!("(each tensor's best time of {rounds} runs, summed over the series; the levels of one series take turns within");
+    println!("each round, so a busy spell on the shared machine hits them alike)");
     println!(
         "{:<18} {:>14} {:>14} {:>10} {:>10} {:>14} {:>14}",
         "", "encode 1 core", "decode 1 core", "vs fast", "vs fast", "encode 2 cores", "decode 2 cores"
@@ -223,16 +224,26 @@ pub fn run() -> Result<()> {
     let max = dlv_store::Encoding { compression: dlv_store::Compression::Max, ..Default::default() };
     let codec_levels = [("", dlv_store::Encoding::default()), (", fast", fast), (", max", max)];
     for (series, snaps) in [("fp32 series", &fp32), ("bf16 series", &bf16)] {
-        // Best of the rounds per level and thread count: (one core, all cores).
-        let mut best = vec![((0f64, 0f64), (0f64, 0f64)); codec_levels.len()];
+        // Per level and thread count (one core, all cores): each tensor's best encode and
+        // decode time over the rounds.
+        let mut times: Vec<[Vec<(f64, f64)>; 2]> = vec![Default::default(); codec_levels.len()];
         for _ in 0..rounds {
-            for ((_, enc), b) in codec_levels.iter().zip(best.iter_mut()) {
-                let one = codec_speed(snaps, 1, *enc)?;
-                let all = codec_speed(snaps, 0, *enc)?;
-                b.0 = (b.0 .0.max(one.0), b.0 .1.max(one.1));
-                b.1 = (b.1 .0.max(all.0), b.1 .1.max(all.1));
+            for ((_, enc), t) in codec_levels.iter().zip(times.iter_mut()) {
+                for (threads, best) in [1, 0].into_iter().zip(t.iter_mut()) {
+                    let run = codec_times(snaps, threads, *enc)?;
+                    if best.is_empty() {
+                        *best = run;
+                    } else {
+                        for (b, r) in best.iter_mut().zip(run) {
+                            *b = (b.0.min(r.0), b.1.min(r.1));
+                        }
+                    }
+                }
             }
         }
+        let raw_mb = snaps.iter().flatten().map(|t| t.bytes.len()).sum::<usize>() as f64 / 1e6;
+        let speed = |t: &[(f64, f64)]| (raw_mb / t.iter().map(|x| x.0).sum::<f64>(), raw_mb / t.iter().map(|x| x.1).sum::<f64>());
+        let best: Vec<((f64, f64), (f64, f64))> = times.iter().map(|[one, all]| (speed(one), speed(all))).collect();
         let base = best[1].0;
         for ((level, _), (one, all)) in codec_levels.iter().zip(&best) {
             println!(
@@ -567,12 +578,12 @@ fn entropy_bound(snaps: &[Vec<Tensor>], base: Option<&Vec<Tensor>>) -> f64 {
 /// Per plane of the integer delta (the first five deltas of the series, where the weights move
 /// most): order-0 entropy (what an ideal ANS/arithmetic order-0 coder reaches), a Huffman-style
 /// bound (entropy rounded up to at least 1 bit per byte), and zstd at levels 1, 3 and 19.
-/// Encode and decode speed (MB/s of raw bytes) of the series, each snapshot against the one
-/// before, on `threads` rayon threads (0 = all cores).
-fn codec_speed(snaps: &[Vec<Tensor>], threads: usize, encoding: dlv_store::Encoding) -> Result<(f64, f64)> {
+/// Encode and decode time (seconds) of each tensor of the series, each snapshot against the
+/// one before, on `threads` rayon threads (0 = all cores).
+fn codec_times(snaps: &[Vec<Tensor>], threads: usize, encoding: dlv_store::Encoding) -> Result<Vec<(f64, f64)>> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     pool.install(|| {
-        let (mut enc_s, mut dec_s, mut bytes) = (0.0, 0.0, 0u64);
+        let mut times = Vec::new();
         for t in 0..snaps.len() {
             for (k, tensor) in snaps[t].iter().enumerate() {
                 let dtype = if tensor.width == 2 { dlv_store::DType::BF16 } else { dlv_store::DType::F32 };
@@ -580,17 +591,16 @@ fn codec_speed(snaps: &[Vec<Tensor>], threads: usize, encoding: dlv_store::Encod
                 let base = t.checked_sub(1).map(|p| snaps[p][k].bytes.as_slice());
                 let start = Instant::now();
                 let enc = dlv_store::encode_tensor(&tensor.bytes, base, layout, encoding);
-                enc_s += start.elapsed().as_secs_f64();
+                let enc_s = start.elapsed().as_secs_f64();
                 let start = Instant::now();
                 let back = dlv_store::decode_tensor(&enc, base).map_err(anyhow::Error::msg)?;
-                dec_s += start.elapsed().as_secs_f64();
+                times.push((enc_s, start.elapsed().as_secs_f64()));
                 if back != tensor.bytes {
                     bail!("in-memory codec round trip differs");
                 }
-                bytes += tensor.bytes.len() as u64;
             }
         }
-        Ok((bytes as f64 / 1e6 / enc_s, bytes as f64 / 1e6 / dec_s))
+        Ok(times)
     })
 }
 
