@@ -476,7 +476,7 @@ fn changed_2(value: &[u8], base: &[u8]) -> usize {
     // Lane sums instead of a bit count per word: baseline x86-64 has no POPCNT, and the
     // software count cost more than the rest of the loop.
     let mut changed = tail;
-    let whole = value.len() / 8 * 8;
+    let whole = value.len().min(base.len()) / 8 * 8;
     for (vb, bb) in value[..whole].chunks(8 * BLOCK).zip(base[..whole].chunks(8 * BLOCK)) {
         let sum = vb.chunks_exact(8).zip(bb.chunks_exact(8)).fold(0u64, |acc, (v, b)| {
             let x = word(v) ^ word(b);
