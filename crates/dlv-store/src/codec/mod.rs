@@ -441,10 +441,10 @@ fn encode_balanced_delta(value: &[u8], base: &[u8], layout: TensorLayout, offset
 }
 
 /// Whether at most [`SPARSE_AT`] of the two-byte elements of `value` differ from `base` (equal
-/// lengths). A strided sample (one 64-byte run in 16) decides unless it is within
+/// lengths). A strided sample (one 1 KiB run in 16) decides unless it is within
 /// [`SPARSE_MARGIN`] of the share; then every element is counted.
 fn sparse_2(value: &[u8], base: &[u8]) -> bool {
-    const RUN: usize = 64;
+    const RUN: usize = 1024;
     let n = value.len() / 2;
     if value.len() >= 64 * RUN {
         let (mut changed, mut seen) = (0usize, 0usize);
