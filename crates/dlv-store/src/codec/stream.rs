@@ -105,8 +105,15 @@ pub fn encode_with_hist(plane: &[u8], hist: &[u64; 256]) -> (Coder, Vec<u8>) {
     let mut best = (Coder::Stored, None::<Vec<u8>>);
     let mut best_len = plane.len();
     // Below ZSTD_MIN_BITS bits per byte, rANS (or the sparse coder) beat plain zstd on every
-    // plane measured, by 13-50%: zstd is not tried there.
-    if bits >= ZSTD_MIN_BITS * plane.len() as f64 && !zstd_loses(plane, hist) {
+    // plane measured, by 13-50%: zstd is not tried there, nor on a large plane where the probe
+    // shows it losing.
+    // rANS frequencies, normalised once for the probe and the coding (None: not yet).
+    let mut freqs: Option<Option<[u32; 256]>> = None;
+    let mut try_zstd = bits >= ZSTD_MIN_BITS * plane.len() as f64;
+    if try_zstd && plane.len() >= PROBE_MIN {
+        try_zstd = !zstd_loses(plane, hist, freqs.get_or_insert_with(|| rans::normalise(hist)).as_ref());
+    }
+    if try_zstd {
         if let Ok(z) = zstd1(plane) {
             if z.len() < best_len {
                 best_len = z.len();
@@ -129,7 +136,7 @@ pub fn encode_with_hist(plane: &[u8], hist: &[u64; 256]) -> (Coder, Vec<u8>) {
     // of its bytes for 22% of its saving.
     let limit = best_len - best_len / RANS_MIN_GAIN;
     if rans::lower_bound(hist, bits) < limit {
-        if let Some(freqs) = rans::normalise(hist) {
+        if let Some(freqs) = freqs.unwrap_or_else(|| rans::normalise(hist)) {
             let wide = plane.len() >= WIDE_MIN;
             let ways = if wide { rans::WIDE } else { rans::WAYS };
             if rans::estimate(hist, &freqs, ways) < limit {
@@ -159,14 +166,10 @@ const PROBE_SKIP: f64 = 1.05;
 /// to the plane is compared with the rANS size the histogram predicts. On the benchmark's
 /// series zstd lost by 3% or more on two fifths of the bytes it was tried on; the probe costs
 /// an eighth of a full try.
-fn zstd_loses(plane: &[u8], hist: &[u64; 256]) -> bool {
-    if plane.len() < PROBE_MIN {
-        return false;
-    }
-    let wide = plane.len() >= WIDE_MIN;
-    let ways = if wide { rans::WIDE } else { rans::WAYS };
-    let Some(freqs) = rans::normalise(hist) else { return false };
-    let rans_len = rans::estimate(hist, &freqs, ways);
+fn zstd_loses(plane: &[u8], hist: &[u64; 256], freqs: Option<&[u32; 256]>) -> bool {
+    let Some(freqs) = freqs.filter(|_| plane.len() >= PROBE_MIN) else { return false };
+    let ways = if plane.len() >= WIDE_MIN { rans::WIDE } else { rans::WAYS };
+    let rans_len = rans::estimate(hist, freqs, ways);
     let piece = plane.len() / (PROBE_PIECES * PROBE_PIECES);
     let stride = plane.len() / PROBE_PIECES;
     let mut sample = Vec::with_capacity(piece * PROBE_PIECES);
@@ -353,15 +356,15 @@ mod tests {
         // Independent skewed bytes (an exponent plane): rANS codes them to the entropy (1.7
         // bits), zstd's Huffman codes whole bits per byte (at least 2 here).
         let skewed: Vec<u8> = (0..1 << 18).map(|_| if r.next_u64() % 10 < 8 { 40 } else { (r.next_u64() % 32) as u8 }).collect();
-        assert!(zstd_loses(&skewed, &entropy::histogram(&skewed)));
+        assert!(zstd_loses(&skewed, &entropy::histogram(&skewed), rans::normalise(&entropy::histogram(&skewed)).as_ref()));
         assert_eq!(encode(&skewed).0, Coder::RansWide);
         // The same statistics in long repeats: zstd finds them in the probe and codes the plane.
         let piece: Vec<u8> = skewed[..3000].to_vec();
         let repeats: Vec<u8> = piece.iter().copied().cycle().take(1 << 18).collect();
-        assert!(!zstd_loses(&repeats, &entropy::histogram(&repeats)));
+        assert!(!zstd_loses(&repeats, &entropy::histogram(&repeats), rans::normalise(&entropy::histogram(&repeats)).as_ref()));
         assert_eq!(encode(&repeats).0, Coder::Zstd);
         // Small planes are never probed.
-        assert!(!zstd_loses(&skewed[..1000], &entropy::histogram(&skewed[..1000])));
+        assert!(!zstd_loses(&skewed[..1000], &entropy::histogram(&skewed[..1000]), rans::normalise(&entropy::histogram(&skewed[..1000])).as_ref()));
     }
 
     #[test]
