@@ -70,23 +70,22 @@ fn encode_with<const W: usize>(value: &[u8], base: &[u8], shape: Shape, (seg, fi
     let (seg, first) = (seg.max(1), first.clamp(1, n));
     let sign = 8 * W as u32 - 1;
     let wmask = if W == 8 { u64::MAX } else { (1u64 << (8 * W)) - 1 };
-    // Each segment's statistics.
+    // Per segment: its statistics, then (while it is in the cache) per class the flags and the
+    // changed elements' turned zigzag deltas as planes, a group of 64 elements at a time, as
+    // the decoder reads them.
     let mut segs = Vec::with_capacity(n.div_ceil(seg) + 1);
-    for (vc, bc) in segments(value, first, seg, W).zip(segments(base, first, seg, W)) {
-        let (moved, sum, up) = if W == 2 { stats_2(vc, bc, shape) } else { stats::<W>(vc, bc, shape, sign) };
-        segs.push(match (sum + moved / 2).checked_div(moved) {
-            None => Segment::default(),
-            Some(t) => Segment { typical: t.clamp(1, u16::MAX as u64) as u16, main: u8::from(up * 2 > moved) },
-        });
-    }
-    // Per class: the flags, and the changed elements' turned zigzag deltas as planes; a
-    // group of 64 elements at a time, as the decoder reads them.
     let field = shape.emask << shape.shift;
     let mut flags: [Bits; CLASSES] = Default::default();
     let mut planes: Vec<Vec<Vec<u8>>> = vec![vec![Vec::new(); W]; CLASSES];
     // Two-byte elements: each class's codes are gathered whole and cut into planes at the end.
     let mut codes: [Codes; CLASSES] = Default::default();
-    for ((s, vc), bc) in segs.iter().zip(segments(value, first, seg, W)).zip(segments(base, first, seg, W)) {
+    for (vc, bc) in segments(value, first, seg, W).zip(segments(base, first, seg, W)) {
+        let (moved, sum, up) = if W == 2 { stats_2(vc, bc, shape) } else { stats::<W>(vc, bc, shape, sign) };
+        let s = match (sum + moved / 2).checked_div(moved) {
+            None => Segment::default(),
+            Some(t) => Segment { typical: t.clamp(1, u16::MAX as u64) as u16, main: u8::from(up * 2 > moved) },
+        };
+        segs.push(s);
         if s.typical == 0 {
             continue;
         }
