@@ -1,6 +1,7 @@
-//! Vector prefixes of four scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
-//! words): the decoder's split-plane merge and masked 2-byte assembly, and the encoder's
-//! compaction of non-zero words and bytes. Each runs while eight more elements of its inputs
+//! Vector prefixes of five scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
+//! words; SSE2, which every one has, for the unmasked assembly): the decoder's split-plane
+//! merge and 2-byte assembly (masked and unmasked), and the encoder's compaction of non-zero
+//! words and bytes. Each runs while a vector's worth more elements of its inputs
 //! are in bounds and returns where it stopped, and the scalar loop (the definition, and the
 //! only path elsewhere) finishes from there; tests compare each with the definition.
 //!
@@ -75,6 +76,24 @@ pub fn place_2_prefix(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Tr
     }
     let _ = (p0, p1, bitmap, dst, t, rotate);
     (0, 0)
+}
+
+/// Writes the values of an unmasked chunk of 2-byte elements from its residual planes `p0`
+/// (low bytes) and `p1` (high bytes) and its base (`None` for `Transform::None`), as
+/// `super::place` does, sixteen elements at a time with SSE2 (part of x86-64). Returns the
+/// elements done.
+pub fn assemble_2_prefix(p0: &[u8], p1: &[u8], base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the function only enables SSE2, which every x86-64 processor has.
+        #[allow(unsafe_code)]
+        return unsafe { x86::assemble_2(p0, p1, base, dst, t, rotate) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (p0, p1, base, dst, t, rotate);
+        0
+    }
 }
 
 /// [`super::planes::compact_nonzero`] of 32-bit words into `out` (at least `src.len() + 8`
@@ -233,6 +252,51 @@ mod x86 {
         }
     }
 
+    #[target_feature(enable = "sse2")]
+    pub fn assemble_2(p0: &[u8], p1: &[u8], base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) -> usize {
+        let sub = |r: __m128i, b: __m128i| _mm_add_epi16(b, _mm_xor_si128(_mm_srli_epi16::<1>(r), _mm_sub_epi16(_mm_setzero_si128(), _mm_and_si128(r, _mm_set1_epi16(1)))));
+        let turn = |r: __m128i| _mm_or_si128(_mm_srli_epi16::<1>(r), _mm_slli_epi16::<15>(r));
+        match (t, rotate, base) {
+            (Transform::Sub, false, Some(b)) => assemble_2_with(p0, p1, b, dst, sub),
+            (Transform::Sub, true, Some(b)) => assemble_2_with(p0, p1, b, dst, |r, b| sub(turn(r), b)),
+            (Transform::Xor, false, Some(b)) => assemble_2_with(p0, p1, b, dst, |r, b| _mm_xor_si128(b, r)),
+            (Transform::Xor, true, Some(b)) => assemble_2_with(p0, p1, b, dst, |r, b| _mm_xor_si128(b, turn(r))),
+            // No base: the residuals are the values (the base operand is ignored).
+            (Transform::None, false, _) => assemble_2_with(p0, p1, &[], dst, |r, _| r),
+            (Transform::None, true, _) => assemble_2_with(p0, p1, &[], dst, |r, _| turn(r)),
+            // A delta without its base, or a magnitude chunk (no planes): never here.
+            _ => 0,
+        }
+    }
+
+    /// Sixteen elements at a time while the planes, the base (unless empty) and `dst` hold
+    /// them; returns the elements done.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn assemble_2_with(p0: &[u8], p1: &[u8], base: &[u8], dst: &mut [u8], f: impl Fn(__m128i, __m128i) -> __m128i) -> usize {
+        let n = (dst.len() / 2).min(p0.len()).min(p1.len());
+        let n = if base.is_empty() { n } else { n.min(base.len() / 2) };
+        let mut done = 0;
+        for (i, o) in dst.chunks_exact_mut(32).enumerate().take(n / 16) {
+            let at = 16 * i;
+            let (Some(lo), Some(hi)) = (p0.get(at..at + 16), p1.get(at..at + 16)) else { break };
+            let b = base.get(2 * at..2 * at + 32);
+            // SAFETY: `lo` and `hi` are 16 bytes, `b` (where present) and `o` 32.
+            #[allow(unsafe_code)]
+            unsafe {
+                let (lo, hi) = (_mm_loadu_si128(lo.as_ptr().cast()), _mm_loadu_si128(hi.as_ptr().cast()));
+                let (b0, b1) = match b {
+                    Some(b) => (_mm_loadu_si128(b.as_ptr().cast()), _mm_loadu_si128(b.as_ptr().add(16).cast())),
+                    None => (_mm_setzero_si128(), _mm_setzero_si128()),
+                };
+                _mm_storeu_si128(o.as_mut_ptr().cast(), f(_mm_unpacklo_epi8(lo, hi), b0));
+                _mm_storeu_si128(o.as_mut_ptr().add(16).cast(), f(_mm_unpackhi_epi8(lo, hi), b1));
+            }
+            done += 16;
+        }
+        done
+    }
+
     #[inline]
     #[target_feature(enable = "ssse3,popcnt")]
     fn place_2_with(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], f: impl Fn(__m128i, __m128i) -> __m128i) -> (usize, usize) {
@@ -310,6 +374,31 @@ mod tests {
             let mut got = if t == Transform::None { vec![0u8; 2 * n] } else { base.clone() };
             let b = (t != Transform::None).then_some(base.as_slice());
             assemble::<2>(&vec![p0, p1], Some(&bitmap), b, &mut got, t, rotate);
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn unmasked_2_byte_chunks_assemble_as_defined(
+            n in 0usize..700,
+            seed in any::<u64>(),
+            t in prop::sample::select(vec![Transform::None, Transform::Xor, Transform::Sub]),
+            rotate in any::<bool>(),
+        ) {
+            let mut r = crate::testrand::XorShift::new(seed | 1);
+            let p0: Vec<u8> = (0..n).map(|_| r.next_u64() as u8).collect();
+            let p1: Vec<u8> = (0..n).map(|_| (r.next_u64() >> 8) as u8).collect();
+            let base: Vec<u8> = (0..2 * n).map(|_| (r.next_u64() >> 16) as u8).collect();
+            let b = (t != Transform::None).then_some(base.as_slice());
+            let want: Vec<u8> = (0..n)
+                .flat_map(|i| {
+                    let r = u16::from_le_bytes([p0[i], p1[i]]) as u64;
+                    let b = b.map_or(0, |b| u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u64);
+                    (value_word(r, b, t, rotate, 2) as u16).to_le_bytes()
+                })
+                .collect();
+            // Whatever `dst` holds: every element is written.
+            let mut got = vec![0x5a; 2 * n];
+            assemble::<2>(&vec![p0, p1], None, b, &mut got, t, rotate);
             prop_assert_eq!(got, want);
         }
 
