@@ -1088,13 +1088,18 @@ fn assemble<const W: usize>(planes: &Planes, bitmap: Option<&[u8]>, base: Option
         bitmap = bm.get(k..);
         dst = dst.get_mut(16 * k..).unwrap_or_default();
     }
-    // An unmasked one: sixteen elements at a time, then the scalar loop from there.
+    // An unmasked one (or of 4-byte elements): sixteen elements at a time, then the scalar
+    // loop from there.
     let mut base = base;
-    if let ([p0, p1], None, 2) = (planes.as_slice(), bitmap, W) {
-        let done = simd::assemble_2_prefix(p0, p1, base, dst, t, rotate);
-        planes = vec![p0.get(done..).unwrap_or_default(), p1.get(done..).unwrap_or_default()];
-        base = base.map(|b| b.get(2 * done..).unwrap_or_default());
-        dst = dst.get_mut(2 * done..).unwrap_or_default();
+    let done = match (planes.as_slice(), bitmap, W) {
+        ([p0, p1], None, 2) => simd::assemble_2_prefix(p0, p1, base, dst, t, rotate),
+        ([p0, p1, p2, p3], None, 4) => simd::assemble_4_prefix([p0, p1, p2, p3], base, dst, t, rotate),
+        _ => 0,
+    };
+    if done > 0 {
+        planes = planes.iter().map(|p| p.get(done..).unwrap_or_default()).collect();
+        base = base.map(|b| b.get(W * done..).unwrap_or_default());
+        dst = dst.get_mut(W * done..).unwrap_or_default();
     }
     let planes = planes.as_slice();
     macro_rules! run {

@@ -1,6 +1,6 @@
-//! Vector prefixes of five scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
+//! Vector prefixes of six scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
 //! words; SSE2, which every one has, for the unmasked assembly): the decoder's split-plane
-//! merge and 2-byte assembly (masked and unmasked), and the encoder's compaction of non-zero
+//! merge, 2-byte assembly (masked and unmasked) and unmasked 4-byte assembly, and the encoder's compaction of non-zero
 //! words and bytes. Each runs while a vector's worth more elements of its inputs
 //! are in bounds and returns where it stopped, and the scalar loop (the definition, and the
 //! only path elsewhere) finishes from there; tests compare each with the definition.
@@ -92,6 +92,21 @@ pub fn assemble_2_prefix(p0: &[u8], p1: &[u8], base: Option<&[u8]>, dst: &mut [u
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (p0, p1, base, dst, t, rotate);
+        0
+    }
+}
+
+/// [`assemble_2_prefix`] for 4-byte elements (planes `p0` to `p3`, low to high).
+pub fn assemble_4_prefix(planes: [&[u8]; 4], base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the function only enables SSE2, which every x86-64 processor has.
+        #[allow(unsafe_code)]
+        return unsafe { x86::assemble_4(planes, base, dst, t, rotate) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (planes, base, dst, t, rotate);
         0
     }
 }
@@ -269,6 +284,60 @@ mod x86 {
         }
     }
 
+    #[target_feature(enable = "sse2")]
+    pub fn assemble_4(planes: [&[u8]; 4], base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) -> usize {
+        let sub = |r: __m128i, b: __m128i| _mm_add_epi32(b, _mm_xor_si128(_mm_srli_epi32::<1>(r), _mm_sub_epi32(_mm_setzero_si128(), _mm_and_si128(r, _mm_set1_epi32(1)))));
+        // The top 16 bits rotated right by one.
+        let turn = |r: __m128i| {
+            let low = _mm_set1_epi32(0xffff);
+            let top = _mm_srli_epi32::<16>(r);
+            let rot = _mm_and_si128(_mm_or_si128(_mm_srli_epi32::<1>(top), _mm_slli_epi32::<15>(top)), low);
+            _mm_or_si128(_mm_and_si128(r, low), _mm_slli_epi32::<16>(rot))
+        };
+        match (t, rotate, base) {
+            (Transform::Sub, false, Some(b)) => assemble_4_with(planes, b, dst, sub),
+            (Transform::Sub, true, Some(b)) => assemble_4_with(planes, b, dst, |r, b| sub(turn(r), b)),
+            (Transform::Xor, false, Some(b)) => assemble_4_with(planes, b, dst, |r, b| _mm_xor_si128(b, r)),
+            (Transform::Xor, true, Some(b)) => assemble_4_with(planes, b, dst, |r, b| _mm_xor_si128(b, turn(r))),
+            (Transform::None, false, _) => assemble_4_with(planes, &[], dst, |r, _| r),
+            (Transform::None, true, _) => assemble_4_with(planes, &[], dst, |r, _| turn(r)),
+            _ => 0,
+        }
+    }
+
+    /// Sixteen 4-byte elements at a time while the planes, the base (unless empty) and `dst`
+    /// hold them; returns the elements done.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn assemble_4_with(planes: [&[u8]; 4], base: &[u8], dst: &mut [u8], f: impl Fn(__m128i, __m128i) -> __m128i) -> usize {
+        let n = planes.iter().fold(dst.len() / 4, |n, p| n.min(p.len()));
+        let n = if base.is_empty() { n } else { n.min(base.len() / 4) };
+        let mut done = 0;
+        for (i, o) in dst.chunks_exact_mut(64).enumerate().take(n / 16) {
+            let at = 16 * i;
+            let (Some(p0), Some(p1), Some(p2), Some(p3)) = (planes[0].get(at..at + 16), planes[1].get(at..at + 16), planes[2].get(at..at + 16), planes[3].get(at..at + 16)) else { break };
+            let b = base.get(4 * at..4 * at + 64);
+            // SAFETY: each plane run is 16 bytes, `b` (where present) and `o` 64.
+            #[allow(unsafe_code)]
+            unsafe {
+                let load = |s: &[u8]| _mm_loadu_si128(s.as_ptr().cast());
+                let (a0, a1, a2, a3) = (load(p0), load(p1), load(p2), load(p3));
+                let (l01, h01) = (_mm_unpacklo_epi8(a0, a1), _mm_unpackhi_epi8(a0, a1));
+                let (l23, h23) = (_mm_unpacklo_epi8(a2, a3), _mm_unpackhi_epi8(a2, a3));
+                let r = [_mm_unpacklo_epi16(l01, l23), _mm_unpackhi_epi16(l01, l23), _mm_unpacklo_epi16(h01, h23), _mm_unpackhi_epi16(h01, h23)];
+                for (q, r) in r.into_iter().enumerate() {
+                    let bq = match b {
+                        Some(b) => _mm_loadu_si128(b.as_ptr().add(16 * q).cast()),
+                        None => _mm_setzero_si128(),
+                    };
+                    _mm_storeu_si128(o.as_mut_ptr().add(16 * q).cast(), f(r, bq));
+                }
+            }
+            done += 16;
+        }
+        done
+    }
+
     /// Sixteen elements at a time while the planes, the base (unless empty) and `dst` hold
     /// them; returns the elements done.
     #[inline]
@@ -399,6 +468,29 @@ mod tests {
             // Whatever `dst` holds: every element is written.
             let mut got = vec![0x5a; 2 * n];
             assemble::<2>(&vec![p0, p1], None, b, &mut got, t, rotate);
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn unmasked_4_byte_chunks_assemble_as_defined(
+            n in 0usize..300,
+            seed in any::<u64>(),
+            t in prop::sample::select(vec![Transform::None, Transform::Xor, Transform::Sub]),
+            rotate in any::<bool>(),
+        ) {
+            let mut r = crate::testrand::XorShift::new(seed | 1);
+            let planes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| (r.next_u64() >> 24) as u8).collect()).collect();
+            let base: Vec<u8> = (0..4 * n).map(|_| (r.next_u64() >> 16) as u8).collect();
+            let b = (t != Transform::None).then_some(base.as_slice());
+            let want: Vec<u8> = (0..n)
+                .flat_map(|i| {
+                    let r = u32::from_le_bytes([planes[0][i], planes[1][i], planes[2][i], planes[3][i]]) as u64;
+                    let b = b.map_or(0, |b| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]) as u64);
+                    (value_word(r, b, t, rotate, 4) as u32).to_le_bytes()
+                })
+                .collect();
+            let mut got = vec![0x5a; 4 * n];
+            assemble::<4>(&planes, None, b, &mut got, t, rotate);
             prop_assert_eq!(got, want);
         }
 
