@@ -1,9 +1,10 @@
 //! Vector prefixes of six scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
 //! words; SSE2, which every one has, for the unmasked assembly): the decoder's split-plane
-//! merge, 2-byte assembly (masked and unmasked) and unmasked 4-byte assembly, and the encoder's compaction of non-zero
-//! words and bytes. Each runs while a vector's worth more elements of its inputs
-//! are in bounds and returns where it stopped, and the scalar loop (the definition, and the
-//! only path elsewhere) finishes from there; tests compare each with the definition.
+//! merge, 2-byte assembly (masked and unmasked) and unmasked 4-byte assembly, and the
+//! encoder's compaction of non-zero words and bytes. Each runs while a vector's worth more
+//! elements of its inputs are in bounds and returns where it stopped, and the scalar loop (the
+//! definition, and the only path elsewhere) finishes from there; tests compare each with the
+//! definition.
 //!
 //! The decoder's two place bytes by a mask eight at a time with one byte shuffle (`pshufb`),
 //! whose control comes from a 256-entry table: for mask m, lane l takes the byte at the rank of
