@@ -410,6 +410,26 @@ mod tests {
         }
     }
 
+    /// An unmasked chunk of `n` random `W`-byte elements assembled, and its definition (each
+    /// element from `value_word`), into a buffer of other bytes: every element is written.
+    fn unmasked<const W: usize>(n: usize, seed: u64, t: Transform, rotate: bool) -> (Vec<u8>, Vec<u8>) {
+        let mut r = crate::testrand::XorShift::new(seed | 1);
+        let planes: Vec<Vec<u8>> = (0..W).map(|_| (0..n).map(|_| (r.next_u64() >> 24) as u8).collect()).collect();
+        let base: Vec<u8> = (0..W * n).map(|_| (r.next_u64() >> 16) as u8).collect();
+        let b = (t != Transform::None).then_some(base.as_slice());
+        let word = |bytes: &mut dyn Iterator<Item = u8>| bytes.enumerate().fold(0u64, |w, (p, x)| w | (x as u64) << (8 * p));
+        let want: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                let r = word(&mut planes.iter().map(|p| p[i]));
+                let b = b.map_or(0, |b| word(&mut b[W * i..W * i + W].iter().copied()));
+                value_word(r, b, t, rotate, W).to_le_bytes()[..W].to_vec()
+            })
+            .collect();
+        let mut got = vec![0x5a; W * n];
+        assemble::<W>(&planes, None, b, &mut got, t, rotate);
+        (got, want)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
 
@@ -448,50 +468,14 @@ mod tests {
         }
 
         #[test]
-        fn unmasked_2_byte_chunks_assemble_as_defined(
+        fn unmasked_chunks_assemble_as_defined(
             n in 0usize..700,
             seed in any::<u64>(),
             t in prop::sample::select(vec![Transform::None, Transform::Xor, Transform::Sub]),
             rotate in any::<bool>(),
+            four in any::<bool>(),
         ) {
-            let mut r = crate::testrand::XorShift::new(seed | 1);
-            let p0: Vec<u8> = (0..n).map(|_| r.next_u64() as u8).collect();
-            let p1: Vec<u8> = (0..n).map(|_| (r.next_u64() >> 8) as u8).collect();
-            let base: Vec<u8> = (0..2 * n).map(|_| (r.next_u64() >> 16) as u8).collect();
-            let b = (t != Transform::None).then_some(base.as_slice());
-            let want: Vec<u8> = (0..n)
-                .flat_map(|i| {
-                    let r = u16::from_le_bytes([p0[i], p1[i]]) as u64;
-                    let b = b.map_or(0, |b| u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u64);
-                    (value_word(r, b, t, rotate, 2) as u16).to_le_bytes()
-                })
-                .collect();
-            // Whatever `dst` holds: every element is written.
-            let mut got = vec![0x5a; 2 * n];
-            assemble::<2>(&vec![p0, p1], None, b, &mut got, t, rotate);
-            prop_assert_eq!(got, want);
-        }
-
-        #[test]
-        fn unmasked_4_byte_chunks_assemble_as_defined(
-            n in 0usize..300,
-            seed in any::<u64>(),
-            t in prop::sample::select(vec![Transform::None, Transform::Xor, Transform::Sub]),
-            rotate in any::<bool>(),
-        ) {
-            let mut r = crate::testrand::XorShift::new(seed | 1);
-            let planes: Vec<Vec<u8>> = (0..4).map(|_| (0..n).map(|_| (r.next_u64() >> 24) as u8).collect()).collect();
-            let base: Vec<u8> = (0..4 * n).map(|_| (r.next_u64() >> 16) as u8).collect();
-            let b = (t != Transform::None).then_some(base.as_slice());
-            let want: Vec<u8> = (0..n)
-                .flat_map(|i| {
-                    let r = u32::from_le_bytes([planes[0][i], planes[1][i], planes[2][i], planes[3][i]]) as u64;
-                    let b = b.map_or(0, |b| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]) as u64);
-                    (value_word(r, b, t, rotate, 4) as u32).to_le_bytes()
-                })
-                .collect();
-            let mut got = vec![0x5a; 4 * n];
-            assemble::<4>(&planes, None, b, &mut got, t, rotate);
+            let (got, want) = if four { unmasked::<4>(n, seed, t, rotate) } else { unmasked::<2>(n, seed, t, rotate) };
             prop_assert_eq!(got, want);
         }
 
