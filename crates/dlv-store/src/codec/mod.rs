@@ -461,7 +461,7 @@ fn sparse_2(value: &[u8], base: &[u8]) -> bool {
 }
 
 /// See [`sparse_2`]. In the benchmark's bf16 series the share of the larger tensors is
-/// 15-50% or 97-99%; the two at 47% and 50% are counted whole.
+/// 15-50% or 97-99%: only the two near the line (47% and 50%) may need the full count.
 const SPARSE_MARGIN: f64 = 0.05;
 
 /// Two-byte elements whose bit pattern differs between `value` and `base` (equal lengths),
