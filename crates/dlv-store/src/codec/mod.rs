@@ -1091,11 +1091,7 @@ fn assemble<const W: usize>(planes: &Planes, bitmap: Option<&[u8]>, base: Option
     // An unmasked one (or of 4-byte elements): sixteen elements at a time, then the scalar
     // loop from there.
     let mut base = base;
-    let done = match (planes.as_slice(), bitmap, W) {
-        ([p0, p1], None, 2) => simd::assemble_2_prefix(p0, p1, base, dst, t, rotate),
-        ([p0, p1, p2, p3], None, 4) => simd::assemble_4_prefix([p0, p1, p2, p3], base, dst, t, rotate),
-        _ => 0,
-    };
+    let done = if bitmap.is_none() { simd::assemble_prefix(&planes, base, dst, t, rotate) } else { 0 };
     if done > 0 {
         planes = planes.iter().map(|p| p.get(done..).unwrap_or_default()).collect();
         base = base.map(|b| b.get(W * done..).unwrap_or_default());

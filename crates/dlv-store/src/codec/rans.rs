@@ -226,16 +226,14 @@ fn encode_ways<const W: usize>(plane: &[u8], freqs: &[u32; 256], vector: bool) -
     let mut left = full;
     #[cfg(target_arch = "x86_64")]
     if W == WIDE && vector && super::simd::avx2() {
-        let mut table = x86::EncodeTable { packed: [0; 256] };
-        for (e, &(f, start, _, _)) in table.packed.iter_mut().zip(&sym) {
-            *e = f | start << 16;
-        }
+        // Per symbol: frequency (bits 0-15) and start (bits 16-31), for one gather.
+        let packed: [u32; 256] = std::array::from_fn(|s| sym[s].0 | sym[s].1 << 16);
         if let Ok(lanes) = <&mut [u32; WIDE]>::try_from(&mut states[..]) {
             // SAFETY: AVX2 and POPCNT were detected at run time just above; every memory
             // access of the function is bounds-checked or proven in bounds there.
             #[allow(unsafe_code)]
             {
-                left = unsafe { x86::encode_wide(&plane[..full], lanes, &mut words, &mut pos, &table) };
+                left = unsafe { x86::encode_wide(&plane[..full], lanes, &mut words, &mut pos, &packed) };
             }
         }
     }
@@ -407,11 +405,6 @@ mod x86 {
     use super::{LOW, SCALE_BITS, TOTAL, WIDE};
 
 
-    /// Per symbol, for the vector encoder: frequency (bits 0-15) and start (bits 16-31).
-    pub struct EncodeTable {
-        pub packed: [u32; 256],
-    }
-
     /// Per mask m of eight lanes: m's lanes, in order, moved to the top lanes (the others
     /// take lane 0), so that the lanes' words end where the words already written begin.
     const BACK: [[u32; 8]; 256] = {
@@ -459,11 +452,10 @@ mod x86 {
     /// from `pos`, each group's words in state order). Returns the bytes left at the front for
     /// the scalar loop (none, unless `words` is too short for a group).
     ///
-    /// `x / f` is `floor(x * (1 / f))` in doubles, one too small where `x` is a multiple of
-    /// `f` and the reciprocal rounded down (the error is below 2^-32 and a remainder is at
-    /// least 1 / 4096 otherwise): the remainder then equals `f` and is corrected.
+    /// `packed` holds each symbol's frequency (bits 0-15) and start (bits 16-31); `x / f` is
+    /// [`divide`].
     #[target_feature(enable = "avx2,popcnt")]
-    pub fn encode_wide(groups: &[u8], states: &mut [u32; WIDE], words: &mut [u16], pos: &mut usize, t: &EncodeTable) -> usize {
+    pub fn encode_wide(groups: &[u8], states: &mut [u32; WIDE], words: &mut [u16], pos: &mut usize, packed: &[u32; 256]) -> usize {
         let mut x = [_mm256_setzero_si256(); 4];
         for (k, v) in x.iter_mut().enumerate() {
             // SAFETY: 8 u32 at 8 k of the 32 states.
@@ -485,7 +477,7 @@ mod x86 {
                 let b = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(bytes)));
                 // SAFETY: the lanes of `b` are bytes, indices into the 256-entry table.
                 #[allow(unsafe_code)]
-                let e = unsafe { _mm256_i32gather_epi32::<4>(t.packed.as_ptr().cast(), b) };
+                let e = unsafe { _mm256_i32gather_epi32::<4>(packed.as_ptr().cast(), b) };
                 let (f, start) = (_mm256_and_si256(e, low16), _mm256_srli_epi32::<16>(e));
                 // A lane emits its low word where x >= f << 20, that is (x >> 20) >= f.
                 let keep = _mm256_cmpgt_epi32(f, _mm256_srli_epi32::<20>(xs));

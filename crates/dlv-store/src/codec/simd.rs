@@ -79,31 +79,22 @@ pub fn place_2_prefix(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Tr
     (0, 0)
 }
 
-/// Writes the values of an unmasked chunk of 2-byte elements from its residual planes `p0`
-/// (low bytes) and `p1` (high bytes) and its base (`None` for `Transform::None`), as
+/// Writes the values of an unmasked chunk from its residual planes (low byte first: two for
+/// 2-byte elements, four for 4-byte ones) and its base (`None` for `Transform::None`), as
 /// `super::place` does, sixteen elements at a time with SSE2 (part of x86-64). Returns the
-/// elements done.
-pub fn assemble_2_prefix(p0: &[u8], p1: &[u8], base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) -> usize {
+/// elements done (none for other widths).
+pub fn assemble_prefix(planes: &[&[u8]], base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: the function only enables SSE2, which every x86-64 processor has.
+        // SAFETY: the functions only enable SSE2, which every x86-64 processor has.
         #[allow(unsafe_code)]
-        return unsafe { x86::assemble_2(p0, p1, base, dst, t, rotate) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (p0, p1, base, dst, t, rotate);
-        0
-    }
-}
-
-/// [`assemble_2_prefix`] for 4-byte elements (planes `p0` to `p3`, low to high).
-pub fn assemble_4_prefix(planes: [&[u8]; 4], base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: the function only enables SSE2, which every x86-64 processor has.
-        #[allow(unsafe_code)]
-        return unsafe { x86::assemble_4(planes, base, dst, t, rotate) };
+        return unsafe {
+            match *planes {
+                [p0, p1] => x86::assemble_2(p0, p1, base, dst, t, rotate),
+                [p0, p1, p2, p3] => x86::assemble_4([p0, p1, p2, p3], base, dst, t, rotate),
+                _ => 0,
+            }
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
