@@ -16,10 +16,11 @@
 //!
 //! So the rANS tables are few and fit the L1 cache, and no per-element step depends on the
 //! one before: the decoder spends a few instructions per element on the classes and flags
-//! (SSE2 and BMI2 where the processor has them) and merges each changed one from its class's
-//! planes. On sparse deltas (the later snapshots of a run) that decodes within 5-10% of plain
-//! byte planes and up to twice as fast as symbols; where nearly every element changed, the
-//! merge makes it about half as fast as plain byte planes.
+//! (SSE2 or AVX2, and BMI2, where the processor has them) and merges the changed ones from
+//! their classes' codes in one pass per group of 64 (see [`merge_2`]). On the benchmark's bf16
+//! series (middle layer, one core, 2026-11-28) that decodes at about 0.9x the speed of plain
+//! byte planes where a sixth of the elements changed (the later snapshots of a run), and 0.75x
+//! where half did.
 //!
 //! Stream: format (u8, 3), segment length (u32 LE), length of the first segment (u32 LE), length
 //! of the side information (u32 LE), the side information as one zstd frame (per segment: its
@@ -35,10 +36,6 @@ use super::magnitude::{read_head, segments, segments_mut, u32_at, Head, Shape, H
 use super::stream::{self, Coder};
 
 pub const FORMAT: u8 = 3;
-/// Changed elements of a group from which the merge places codes in a dense group and computes
-/// all 64 values in vectors (see [`merge_2`]): on the benchmark's middle layer 6-32 decode
-/// alike, 0.90x the time of element by element; 16 measured best.
-const DENSE_MIN: u32 = 16;
 /// Classes: an element's class is the number of these magnitude contexts at or below its own
 /// (context: expected bit length of its delta plus [`MC_OFF`]). In the benchmark's bf16 series
 /// the share of changed elements climbs from 1% at context 0 to 92% at context 8, and the
@@ -449,46 +446,67 @@ mod x86 {
     }
 
     /// Per class limit, the elements of a group of 64 two-byte elements whose exponent field
-    /// is at most the limit (eight elements per compare, sixteen per movemask).
+    /// is at most the limit (eight elements per compare, sixteen per movemask), and, where
+    /// `cls` is given, each element's class: the number of limits it is at or under.
     #[target_feature(enable = "sse2")]
-    fn at_most_2(g: &[u8], field: u16, lims: &[Option<u64>; super::CLASSES - 1]) -> [u64; super::CLASSES - 1] {
+    fn at_most_2(g: &[u8], field: u16, lims: &[Option<u64>; super::CLASSES - 1], cls: Option<&mut [u8; 64]>) -> [u64; super::CLASSES - 1] {
         let f = _mm_set1_epi16(field as i16);
         // The exponent fields; they are below 2^15, so signed compares work.
         let mut x = vectors(g);
         for v in x.iter_mut() {
             *v = _mm_and_si128(*v, f);
         }
+        // Minus the number of limits each element is at or under.
+        let mut acc = [_mm_setzero_si128(); 8];
         let mut out = [0u64; super::CLASSES - 1];
         for (m, lim) in out.iter_mut().zip(lims) {
             *m = match *lim {
                 None => 0,
                 // A limit past the field holds every element.
-                Some(l) if l >= field as u64 => u64::MAX,
+                Some(l) if l >= field as u64 => {
+                    for a in acc.iter_mut() {
+                        *a = _mm_sub_epi16(*a, _mm_set1_epi16(1));
+                    }
+                    u64::MAX
+                }
                 // e <= l, as l + 1 > e.
                 Some(l) => {
                     let l = _mm_set1_epi16(l as i16 + 1);
                     let mut m = 0u64;
                     for k in 0..4 {
-                        let b = _mm_packs_epi16(_mm_cmpgt_epi16(l, x[2 * k]), _mm_cmpgt_epi16(l, x[2 * k + 1]));
-                        m |= (_mm_movemask_epi8(b) as u32 as u64) << (16 * k);
+                        let (lo, hi) = (_mm_cmpgt_epi16(l, x[2 * k]), _mm_cmpgt_epi16(l, x[2 * k + 1]));
+                        acc[2 * k] = _mm_add_epi16(acc[2 * k], lo);
+                        acc[2 * k + 1] = _mm_add_epi16(acc[2 * k + 1], hi);
+                        m |= (_mm_movemask_epi8(_mm_packs_epi16(lo, hi)) as u32 as u64) << (16 * k);
                     }
                     m
                 }
             };
         }
+        if let Some(cls) = cls {
+            for k in 0..4 {
+                let c = _mm_sub_epi8(_mm_setzero_si128(), _mm_packs_epi16(acc[2 * k], acc[2 * k + 1]));
+                // SAFETY: k < 4: 16 bytes at 16 k of the 64.
+                #[allow(unsafe_code)]
+                unsafe {
+                    _mm_storeu_si128(cls.as_mut_ptr().add(16 * k).cast(), c)
+                };
+            }
+        }
         out
     }
 
-    /// The classes of a group of 64 two-byte elements with SSE2 and the BMI2 deposit.
+    /// The classes of a group of up to 64 two-byte elements with SSE2 and the BMI2 deposit,
+    /// and each element's class.
     #[target_feature(enable = "sse2,bmi2,popcnt")]
-    pub fn group_classes_2(group: &[u8], field: u16, valid: u64, lims: &[Option<u64>; super::CLASSES - 1], flags: &mut [super::Flags; super::CLASSES]) -> [u64; super::CLASSES] {
-        super::group_classes(valid, &at_most_2(group, field, lims), flags, |s, m| _pdep_u64(s, m))
+    pub fn group_classes_2(group: &[u8], field: u16, valid: u64, lims: &[Option<u64>; super::CLASSES - 1], flags: &mut [super::Flags; super::CLASSES], cls: &mut [u8; 64]) -> [u64; super::CLASSES] {
+        super::group_classes(valid, &at_most_2(group, field, lims, Some(cls)), flags, |s, m| _pdep_u64(s, m))
     }
 
     /// [`super::split`] of a group of 64 two-byte elements with SSE2 and the BMI2 extract.
     #[target_feature(enable = "sse2,bmi2,popcnt")]
     pub fn split_2(vg: &[u8], bg: &[u8], field: u16, valid: u64, lims: &[Option<u64>; super::CLASSES - 1]) -> ([u64; super::CLASSES], [u64; super::CLASSES], u64) {
-        let at_most = at_most_2(bg, field, lims);
+        let at_most = at_most_2(bg, field, lims, None);
         let (v, b) = (vectors(vg), vectors(bg));
         let mut same = 0u64;
         for k in 0..4 {
@@ -509,7 +527,7 @@ mod x86 {
     /// in the merge included).
     #[target_feature(enable = "sse2,bmi2,popcnt")]
     pub fn decode_bmi2<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
-        super::decode_with::<W, SHIFT, EMASK>(data, base, n, out, true)
+        super::decode_with::<W, SHIFT, EMASK>(data, base, n, out, super::Isa::Bmi2)
     }
 
     /// The values of a group of 64 two-byte elements from their turned codes `z` (zero for
@@ -555,11 +573,116 @@ mod x86 {
         z
     }
 
+    /// [`at_most_2`] with AVX2, sixteen elements per compare and 32 per movemask, the classes
+    /// always computed.
+    #[target_feature(enable = "avx2")]
+    fn at_most_2_avx2(g: &[u8; 128], field: u16, lims: &[Option<u64>; super::CLASSES - 1], cls: &mut [u8; 64]) -> [u64; super::CLASSES - 1] {
+        // Vector 2h holds elements 32h..32h+8 and 32h+16..32h+24, vector 2h+1 the others of
+        // the 32, so that a pack of the two (which works per 128-bit half) lists all 32 in order.
+        let f = _mm256_set1_epi16(field as i16);
+        let mut x = [_mm256_setzero_si256(); 4];
+        for (j, v) in x.iter_mut().enumerate() {
+            let at = 64 * (j / 2) + 16 * (j % 2);
+            // SAFETY: at + 48 + 16 <= 128.
+            #[allow(unsafe_code)]
+            let (lo, hi) = unsafe { (_mm_loadu_si128(g.as_ptr().add(at).cast()), _mm_loadu_si128(g.as_ptr().add(at + 32).cast())) };
+            // The exponent fields; they are below 2^15, so signed compares work.
+            *v = _mm256_and_si256(_mm256_set_m128i(hi, lo), f);
+        }
+        // Minus the number of limits each element is at or under.
+        let mut acc = [_mm256_setzero_si256(); 4];
+        let mut out = [0u64; super::CLASSES - 1];
+        for (m, lim) in out.iter_mut().zip(lims) {
+            *m = match *lim {
+                None => 0,
+                // A limit past the field holds every element.
+                Some(l) if l >= field as u64 => {
+                    for a in acc.iter_mut() {
+                        *a = _mm256_sub_epi16(*a, _mm256_set1_epi16(1));
+                    }
+                    u64::MAX
+                }
+                // e <= l, as l + 1 > e.
+                Some(l) => {
+                    let l = _mm256_set1_epi16(l as i16 + 1);
+                    let mut m = 0u64;
+                    for h in 0..2 {
+                        let (a, b) = (_mm256_cmpgt_epi16(l, x[2 * h]), _mm256_cmpgt_epi16(l, x[2 * h + 1]));
+                        acc[2 * h] = _mm256_add_epi16(acc[2 * h], a);
+                        acc[2 * h + 1] = _mm256_add_epi16(acc[2 * h + 1], b);
+                        m |= (_mm256_movemask_epi8(_mm256_packs_epi16(a, b)) as u32 as u64) << (32 * h);
+                    }
+                    m
+                }
+            };
+        }
+        for h in 0..2 {
+            let c = _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_packs_epi16(acc[2 * h], acc[2 * h + 1]));
+            // SAFETY: h < 2: 32 bytes at 32 h of the 64.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm256_storeu_si256(cls.as_mut_ptr().add(32 * h).cast(), c)
+            };
+        }
+        out
+    }
+
+    /// [`group_classes_2`] with AVX2.
+    #[target_feature(enable = "avx2,bmi2,popcnt")]
+    pub fn group_classes_2_avx2(group: &[u8; 128], field: u16, valid: u64, lims: &[Option<u64>; super::CLASSES - 1], flags: &mut [super::Flags; super::CLASSES], cls: &mut [u8; 64]) -> [u64; super::CLASSES] {
+        super::group_classes(valid, &at_most_2_avx2(group, field, lims, cls), flags, |s, m| _pdep_u64(s, m))
+    }
+
+    /// [`dense_2`] with AVX2, sixteen at a time.
+    #[target_feature(enable = "avx2")]
+    pub fn dense_2_avx2(z: &[u16; 64], bg: &[u8; 128], og: &mut [u8; 128], main: u16) {
+        let one = _mm256_set1_epi16(1);
+        let main = _mm256_set1_epi16(main as i16 ^ 1);
+        for k in 0..4 {
+            // SAFETY: k < 4: 32 bytes at 32 k of the 128-byte groups and of `z`.
+            #[allow(unsafe_code)]
+            let (zc, b) = unsafe { (_mm256_loadu_si256(z.as_ptr().add(16 * k).cast()), _mm256_loadu_si256(bg.as_ptr().add(32 * k).cast())) };
+            let flip = _mm256_and_si256(_mm256_xor_si256(_mm256_srli_epi16::<15>(b), main), one);
+            let d = _mm256_xor_si256(_mm256_srli_epi16::<1>(zc), _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_and_si256(zc, one)));
+            let delta = _mm256_add_epi16(_mm256_xor_si256(d, _mm256_sub_epi16(_mm256_setzero_si256(), flip)), flip);
+            // SAFETY: as above.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm256_storeu_si256(og.as_mut_ptr().add(32 * k).cast(), _mm256_add_epi16(b, delta))
+            };
+        }
+    }
+
+    /// [`super::decode_with`] compiled for AVX2, BMI2 and POPCNT throughout.
+    #[target_feature(enable = "avx2,bmi2,popcnt")]
+    pub fn decode_avx2<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
+        super::decode_with::<W, SHIFT, EMASK>(data, base, n, out, super::Isa::Avx2)
+    }
+
     /// The classes of a group of 64 elements of any width, with the BMI2 deposit.
     #[target_feature(enable = "bmi2,popcnt")]
     pub fn group_classes_w<const W: usize>(group: &[u8], field: u64, valid: u64, lims: &[Option<u64>; super::CLASSES - 1], flags: &mut [super::Flags; super::CLASSES]) -> [u64; super::CLASSES] {
         super::group_classes(valid, &super::at_most_all::<W>(group, field, lims), flags, |s, m| _pdep_u64(s, m))
     }
+}
+
+/// The instructions the decoder uses beyond the baseline.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Isa {
+    Portable,
+    /// SSE2 (part of x86-64), BMI2 and POPCNT.
+    Bmi2,
+    /// Those and AVX2.
+    Avx2,
+}
+
+/// What the processor has, detected at run time.
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    if has_bmi2() {
+        return if std::is_x86_feature_detected!("avx2") { Isa::Avx2 } else { Isa::Bmi2 };
+    }
+    Isa::Portable
 }
 
 /// Whether the processor has BMI2 and POPCNT (and so, being x86-64, SSE2).
@@ -574,84 +697,103 @@ fn has_bmi2() -> bool {
     }
 }
 
-/// [`group_classes`] of `group`, with SSE2 and BMI2 where `bmi2` says the processor has them.
+/// [`group_classes`] of `group`, with BMI2 where `bmi2` says the processor has it.
 #[inline(always)]
 fn classes_of<const W: usize>(bmi2: bool, group: &[u8], field: u64, valid: u64, lims: &[Option<u64>; CLASSES - 1], flags: &mut [Flags; CLASSES]) -> [u64; CLASSES] {
     #[cfg(target_arch = "x86_64")]
     if bmi2 {
-        // SAFETY: the functions only enable SSE2, which every x86-64 processor has, and BMI2
-        // and POPCNT, which the caller detected at run time (`has_bmi2`).
+        // SAFETY: the function only enables BMI2 and POPCNT, which the caller detected at run
+        // time (`has_bmi2`).
         #[allow(unsafe_code)]
-        return unsafe {
-            if W == 2 && group.len() == 128 {
-                x86::group_classes_2(group, field as u16, valid, lims, flags)
-            } else {
-                x86::group_classes_w::<W>(group, field, valid, lims, flags)
-            }
-        };
+        return unsafe { x86::group_classes_w::<W>(group, field, valid, lims, flags) };
     }
     let _ = bmi2;
     group_classes(valid, &at_most_all::<W>(group, field, lims), flags, deposit)
 }
 
-/// Merges the changed elements of a full group of 64 two-byte elements (`changed[c]`: the
-/// elements of class c that changed) from their classes' planes (from `cursor[c]` on) into
-/// `og`, against the base group `bg`. False if a class has fewer elements left than it needs.
+/// [`group_classes`] of a group of up to 64 two-byte elements (`group`: 128 bytes, those past
+/// `valid` ignored), and each element's class in `cls`; with the instructions `isa` names.
 #[inline(always)]
-fn merge_2<const W: usize>(changed: &[u64; CLASSES], planes: &[[Vec<u8>; W]], cursor: &mut [usize; CLASSES], bg: &[u8; 128], og: &mut [u8; 128], main: u64) -> bool {
-    let total: u32 = changed.iter().map(|c| c.count_ones()).sum();
-    // Few changes: the base's group, then element by element. More: the codes are placed in a
-    // dense group first (zero for the others, which unturns to a zero delta), and all 64
-    // values are then computed eight to a vector.
-    let dense = total >= DENSE_MIN;
-    if !dense {
-        og.copy_from_slice(bg);
+fn classes_of_2(isa: Isa, group: &[u8; 128], field: u16, valid: u64, lims: &[Option<u64>; CLASSES - 1], flags: &mut [Flags; CLASSES], cls: &mut [u8; 64]) -> [u64; CLASSES] {
+    // SAFETY (both): the functions only enable SSE2, which every x86-64 processor has, and
+    // the extensions `isa` names, which the caller detected at run time (`isa()`).
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        #[allow(unsafe_code)]
+        Isa::Avx2 => return unsafe { x86::group_classes_2_avx2(group, field, valid, lims, flags, cls) },
+        #[allow(unsafe_code)]
+        Isa::Bmi2 => return unsafe { x86::group_classes_2(group, field, valid, lims, flags, cls) },
+        Isa::Portable => {}
     }
-    if total == 0 {
-        return true;
+    let _ = isa;
+    let at_most = at_most_all::<2>(group, field as u64, lims);
+    for (i, c) in cls.iter_mut().enumerate() {
+        *c = at_most.iter().map(|m| (m >> i & 1) as u8).sum();
+    }
+    group_classes(valid, &at_most, flags, deposit)
+}
+
+/// Where each class's changed elements are read from: two-byte elements take their codes from
+/// `codes` (every class's whole, one class after another), wider ones from each class's
+/// planes; class c's next is at `cursor[c]`, its last before `end[c]`.
+struct ClassCodes {
+    codes: Vec<u16>,
+    cursor: [usize; CLASSES],
+    end: [usize; CLASSES],
+}
+
+/// Merges the changed elements of a group of 64 two-byte elements (`changed[c]`: the elements
+/// of class c that changed; `cls`: each element's class) from their classes' codes into `og`,
+/// against the base group `bg`. False if a class has fewer codes left than it needs.
+///
+/// One pass over the changed elements in order, each taking its class's next code: the loop
+/// runs once per group whatever the classes hold, so its exit is the only branch that depends
+/// on the data (a loop per class mispredicted its exit for every class of every group). The
+/// codes are placed in a dense group (zero for the others, which unturns to a zero delta) and
+/// all 64 values computed eight to a vector.
+#[inline(always)]
+fn merge_2(isa: Isa, changed: &[u64; CLASSES], cls: &[u8; 64], codes: &mut ClassCodes, bg: &[u8; 128], og: &mut [u8; 128], main: u64) -> bool {
+    let mut fits = true;
+    let mut all = 0u64;
+    let from = codes.cursor;
+    for ((k, &end), &ch) in codes.cursor.iter_mut().zip(&codes.end).zip(changed) {
+        *k += ch.count_ones() as usize;
+        fits &= *k <= end;
+        all |= ch;
+    }
+    if !fits {
+        return false;
     }
     let mut z = [0u16; 64];
-    for ((&ch, p), k) in changed.iter().zip(planes).zip(cursor.iter_mut()) {
-        if ch == 0 {
-            continue;
-        }
-        let cnt = ch.count_ones() as usize;
-        let (Some(p0), Some(p1)) = (p[0].get(*k..*k + cnt), p.get(1).and_then(|p1| p1.get(*k..*k + cnt))) else { return false };
-        *k += cnt;
-        let mut ch = ch;
-        for (&lo, &hi) in p0.iter().zip(p1) {
-            let i = ch.trailing_zeros() as usize & 63;
-            ch &= ch.wrapping_sub(1);
-            let code = u16::from_le_bytes([lo, hi]);
-            if dense {
-                z[i] = code;
-            } else {
-                let b = u16::from_le_bytes([bg[2 * i], bg[2 * i + 1]]);
-                let v = b.wrapping_add(unturn_2(code, b, main as u16));
-                og[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
-            }
+    while all != 0 {
+        let i = all.trailing_zeros() as usize & 63;
+        all &= all - 1;
+        let c = cls[i] as usize & (CLASSES - 1);
+        // Its rank among its class's changed elements of the group.
+        let k = from[c] + (changed[c] & ((1u64 << i) - 1)).count_ones() as usize;
+        z[i] = codes.codes.get(k).copied().unwrap_or(0);
+    }
+    // SAFETY (both): SSE2 is part of x86-64; AVX2 only where the caller detected it (`isa()`).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    unsafe {
+        if isa == Isa::Avx2 {
+            x86::dense_2_avx2(&z, bg, og, main as u16)
+        } else {
+            x86::dense_2(&z, bg, og, main as u16)
         }
     }
-    if dense {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: SSE2 is part of x86-64.
-            #[allow(unsafe_code)]
-            unsafe {
-                x86::dense_2(&z, bg, og, main as u16)
-            };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        for ((o, b), &code) in og.chunks_exact_mut(2).zip(bg.chunks_exact(2)).zip(&z) {
-            let b = u16::from_le_bytes([b[0], b[1]]);
-            o.copy_from_slice(&b.wrapping_add(unturn_2(code, b, main as u16)).to_le_bytes());
-        }
+    #[cfg(not(target_arch = "x86_64"))]
+    for ((o, b), &code) in og.chunks_exact_mut(2).zip(bg.chunks_exact(2)).zip(&z) {
+        let b = u16::from_le_bytes([b[0], b[1]]);
+        o.copy_from_slice(&b.wrapping_add(unturn_2(code, b, main as u16)).to_le_bytes());
     }
     true
 }
 
 /// [`unturn`] of two-byte elements in 16-bit arithmetic (vectorises eight or sixteen to a
-/// register).
+/// register); x86-64 runs it as [`x86::dense_2`].
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline(always)]
 fn unturn_2(z: u16, b: u16, main: u16) -> u16 {
     let flip = ((b >> 15) ^ main ^ 1) & 1;
@@ -675,19 +817,28 @@ fn read_stream(data: &[u8], at: usize, n: usize) -> Result<(Vec<u8>, usize), Str
 /// length is checked against `n`, so a corrupt stream is an error, never a panic or a large
 /// allocation; the value's hash covers the rest.
 pub(super) fn decode_w<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
-    #[cfg(target_arch = "x86_64")]
-    if has_bmi2() {
-        // SAFETY: the function only enables SSE2 (every x86-64 processor has it) and BMI2 and
-        // POPCNT, which `has_bmi2` detected at run time.
-        #[allow(unsafe_code)]
-        return unsafe { x86::decode_bmi2::<W, SHIFT, EMASK>(data, base, n, out) };
-    }
-    decode_with::<W, SHIFT, EMASK>(data, base, n, out, false)
+    decode_isa::<W, SHIFT, EMASK>(data, base, n, out, isa())
 }
 
-/// [`decode_w`], with the SSE2, BMI2 and POPCNT instructions only if `bmi2`.
+/// [`decode_w`] with the instructions `isa` names, which the processor must have (or fewer).
+fn decode_isa<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8], isa: Isa) -> Result<(), String> {
+    // SAFETY (both): the functions only enable SSE2 (every x86-64 processor has it) and the
+    // extensions `isa` names, which the processor has (`isa()`, at run time).
+    #[cfg(target_arch = "x86_64")]
+    match isa {
+        #[allow(unsafe_code)]
+        Isa::Avx2 => return unsafe { x86::decode_avx2::<W, SHIFT, EMASK>(data, base, n, out) },
+        #[allow(unsafe_code)]
+        Isa::Bmi2 => return unsafe { x86::decode_bmi2::<W, SHIFT, EMASK>(data, base, n, out) },
+        Isa::Portable => {}
+    }
+    decode_with::<W, SHIFT, EMASK>(data, base, n, out, Isa::Portable)
+}
+
+/// [`decode_w`], with the instructions `isa` names.
 #[inline(always)]
-fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8], bmi2: bool) -> Result<(), String> {
+fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8], isa: Isa) -> Result<(), String> {
+    let bmi2 = isa != Isa::Portable;
     let Head { seg, first, nseg, side: side_z, end } = read_head(data, FORMAT, n)?;
     // Exactly three bytes per segment, or an error.
     let side = stream::unzstd(side_z, 3 * nseg).map_err(|e| format!("class planes side information: {e}"))?;
@@ -728,11 +879,25 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
     if base.len() != n * W || out.len() != n * W {
         return Err("class planes stream: base chunk does not match".into());
     }
+    // Two-byte elements: every class's codes whole; wider ones: each class's planes.
+    let mut codes = ClassCodes { codes: Vec::new(), cursor: [0; CLASSES], end: std::array::from_fn(|c| planes[c][0].len()) };
+    if W == 2 {
+        codes.codes.reserve_exact(codes.end.iter().sum());
+        for (c, p) in planes.iter().enumerate() {
+            codes.cursor[c] = codes.codes.len();
+            codes.codes.extend(p[0].iter().zip(&p[W - 1]).map(|(&lo, &hi)| u16::from_le_bytes([lo, hi])));
+            codes.end[c] = codes.codes.len();
+        }
+        planes.clear();
+    }
     // Every element of `out` is written: unchanged segments and groups are copied from the
     // base as the loop reaches them (while in the cache), changed elements over them.
     let wmask = if W == 8 { u64::MAX } else { (1u64 << (8 * W)) - 1 };
-    let mut cursor = [0usize; CLASSES];
     let field = EMASK << SHIFT;
+    // Two-byte elements: each group's classes, and a short group (the end of a segment)
+    // padded to 64 elements; what the padding holds does not matter, as no flag is read for it.
+    let mut cls = [0u8; 64];
+    let (mut bt, mut ot) = ([0u8; 128], [0u8; 128]);
     for ((s, bc), oc) in segs.iter().zip(segments(base, first, seg, W)).zip(segments_mut(out, first, seg, W)) {
         if s.typical == 0 {
             oc.copy_from_slice(bc);
@@ -743,29 +908,37 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
         for (bg, og) in bc.chunks(64 * W).zip(oc.chunks_mut(64 * W)) {
             let len = bg.len() / W;
             let valid = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
-            let changed = classes_of::<W>(bmi2, bg, field, valid, &lims, &mut flags);
-            // Full groups of two-byte elements: each class's run of planes is sliced once, so
-            // the merge has no bounds checks.
-            if W == 2 && len == 64 {
-                if let (Ok(bg), Ok(og)) = (<&[u8; 128]>::try_from(bg), <&mut [u8; 128]>::try_from(&mut *og)) {
-                    if merge_2(&changed, &planes, &mut cursor, bg, og, main) {
-                        continue;
+            if W == 2 {
+                let bg = match <&[u8; 128]>::try_from(bg) {
+                    Ok(bg) => bg,
+                    Err(_) => {
+                        bt[..bg.len()].copy_from_slice(bg);
+                        &bt
                     }
+                };
+                let changed = classes_of_2(isa, bg, field as u16, valid, &lims, &mut flags, &mut cls);
+                let merged = match <&mut [u8; 128]>::try_from(&mut *og) {
+                    Ok(og) => merge_2(isa, &changed, &cls, &mut codes, bg, og, main),
+                    Err(_) => {
+                        let ok = merge_2(isa, &changed, &cls, &mut codes, bg, &mut ot, main);
+                        og.copy_from_slice(&ot[..og.len()]);
+                        ok
+                    }
+                };
+                if !merged {
                     return Err("class planes classes do not match the chunk's elements".into());
                 }
+                continue;
             }
+            let changed = classes_of::<W>(bmi2, bg, field, valid, &lims, &mut flags);
             og.copy_from_slice(bg);
             for (c, mut ch) in changed.into_iter().enumerate() {
-                let (p, mut k) = (&planes[c], cursor[c]);
-                let (p0, p1) = (p[0].as_slice(), p.get(1).map_or(&[][..], Vec::as_slice));
+                let (p, mut k) = (&planes[c], codes.cursor[c]);
                 while ch != 0 {
                     let i = ch.trailing_zeros() as usize * W;
                     ch &= ch - 1;
-                    let mut z = p0.get(k).copied().unwrap_or(0) as u64;
-                    if W >= 2 {
-                        z |= (p1.get(k).copied().unwrap_or(0) as u64) << 8;
-                    }
-                    for (j, plane) in p.iter().enumerate().skip(2) {
+                    let mut z = 0u64;
+                    for (j, plane) in p.iter().enumerate() {
                         z |= (plane.get(k).copied().unwrap_or(0) as u64) << (8 * j);
                     }
                     k += 1;
@@ -775,12 +948,12 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
                         o.copy_from_slice(&v.to_le_bytes()[..W]);
                     }
                 }
-                cursor[c] = k;
+                codes.cursor[c] = k;
             }
         }
     }
     for (c, f) in flags.iter().enumerate() {
-        if f.at != f.count || cursor[c] != planes[c][0].len() {
+        if f.at != f.count || codes.cursor[c] != codes.end[c] {
             return Err("class planes classes do not match the chunk's elements".into());
         }
     }
@@ -878,11 +1051,12 @@ mod tests {
     fn assert_paths_agree<const W: usize, const SHIFT: u32, const EMASK: u64>(value: &[u8], base: &[u8], shape: Shape, segs: (usize, usize)) -> Result<(), String> {
         let coded = encode_with::<W>(value, base, shape, segs, false).ok_or("not coded")?;
         assert!(encode_with::<W>(value, base, shape, segs, has_bmi2()) == Some(coded.clone()), "W {W}, segments {segs:?}");
-        for bmi2 in [false, has_bmi2()] {
+        // Every level of instructions up to what the processor has.
+        for isa in [Isa::Portable, Isa::Bmi2, Isa::Avx2].into_iter().filter(|&i| i <= isa()) {
             // Whatever `out` holds on entry: every element is written.
             let mut out = vec![0xa5; base.len()];
-            decode_with::<W, SHIFT, EMASK>(&coded, base, value.len() / W, &mut out, bmi2)?;
-            assert!(out == value, "W {W}, segments {segs:?}, bmi2 {bmi2}");
+            decode_isa::<W, SHIFT, EMASK>(&coded, base, value.len() / W, &mut out, isa)?;
+            assert!(out == value, "W {W}, segments {segs:?}, {isa:?}");
         }
         Ok(())
     }
