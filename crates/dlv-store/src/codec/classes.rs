@@ -32,7 +32,7 @@
 use rayon::prelude::*;
 
 use super::load;
-use super::magnitude::{read_head, segments, segments_mut, u32_at, Head, Shape, HEAD, MC_OFF};
+use super::magnitude::{read_head, segments, u32_at, Head, Shape, HEAD, MC_OFF};
 use super::stream::{self, Coder};
 
 pub const FORMAT: u8 = 3;
@@ -526,7 +526,7 @@ mod x86 {
     /// [`super::decode_with`] compiled for BMI2 and POPCNT throughout (bit counts and scans
     /// in the merge included).
     #[target_feature(enable = "sse2,bmi2,popcnt")]
-    pub fn decode_bmi2<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
+    pub fn decode_bmi2<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut Vec<u8>) -> Result<(), String> {
         super::decode_with::<W, SHIFT, EMASK>(data, base, n, out, super::Isa::Bmi2)
     }
 
@@ -655,7 +655,7 @@ mod x86 {
 
     /// [`super::decode_with`] compiled for AVX2, BMI2 and POPCNT throughout.
     #[target_feature(enable = "avx2,bmi2,popcnt")]
-    pub fn decode_avx2<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
+    pub fn decode_avx2<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut Vec<u8>) -> Result<(), String> {
         super::decode_with::<W, SHIFT, EMASK>(data, base, n, out, super::Isa::Avx2)
     }
 
@@ -816,12 +816,12 @@ fn read_stream(data: &[u8], at: usize, n: usize) -> Result<(Vec<u8>, usize), Str
 /// `base` into `out`, writing every element whatever `out` holds on entry. Every
 /// length is checked against `n`, so a corrupt stream is an error, never a panic or a large
 /// allocation; the value's hash covers the rest.
-pub(super) fn decode_w<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8]) -> Result<(), String> {
+pub(super) fn decode_w<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut Vec<u8>) -> Result<(), String> {
     decode_isa::<W, SHIFT, EMASK>(data, base, n, out, isa())
 }
 
 /// [`decode_w`] with the instructions `isa` names, which the processor must have (or fewer).
-fn decode_isa<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8], isa: Isa) -> Result<(), String> {
+fn decode_isa<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut Vec<u8>, isa: Isa) -> Result<(), String> {
     // SAFETY (both): the functions only enable SSE2 (every x86-64 processor has it) and the
     // extensions `isa` names, which the processor has (`isa()`, at run time).
     #[cfg(target_arch = "x86_64")]
@@ -837,7 +837,7 @@ fn decode_isa<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], b
 
 /// [`decode_w`], with the instructions `isa` names.
 #[inline(always)]
-fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut [u8], isa: Isa) -> Result<(), String> {
+fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], base: &[u8], n: usize, out: &mut Vec<u8>, isa: Isa) -> Result<(), String> {
     let bmi2 = isa != Isa::Portable;
     let Head { seg, first, nseg, side: side_z, end } = read_head(data, FORMAT, n)?;
     // Exactly three bytes per segment, or an error.
@@ -876,7 +876,7 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
     if at != data.len() {
         return Err("class planes stream has trailing bytes".into());
     }
-    if base.len() != n * W || out.len() != n * W {
+    if base.len() != n * W {
         return Err("class planes stream: base chunk does not match".into());
     }
     // Two-byte elements: every class's codes whole; wider ones: each class's planes.
@@ -890,22 +890,25 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
         }
         planes.clear();
     }
-    // Every element of `out` is written: unchanged segments and groups are copied from the
-    // base as the loop reaches them (while in the cache), changed elements over them.
+    // Every element is appended as the loop reaches it: unchanged segments are copied from the
+    // base (while in the cache), a group is merged in a buffer of its own, so the output is
+    // never filled first.
     let wmask = if W == 8 { u64::MAX } else { (1u64 << (8 * W)) - 1 };
     let field = EMASK << SHIFT;
-    // Two-byte elements: each group's classes, and a short group (the end of a segment)
-    // padded to 64 elements; what the padding holds does not matter, as no flag is read for it.
+    // Two-byte elements: each group's classes, and its base padded to 64 elements (what the
+    // padding holds does not matter, as no flag is read for it).
     let mut cls = [0u8; 64];
     let (mut bt, mut ot) = ([0u8; 128], [0u8; 128]);
-    for ((s, bc), oc) in segs.iter().zip(segments(base, first, seg, W)).zip(segments_mut(out, first, seg, W)) {
+    let mut og = [0u8; 64 * 8];
+    out.reserve(n * W);
+    for (s, bc) in segs.iter().zip(segments(base, first, seg, W)) {
         if s.typical == 0 {
-            oc.copy_from_slice(bc);
+            out.extend_from_slice(bc);
             continue;
         }
         let (tp, main) = (s.typical as i64 + MC_OFF, s.main as u64);
         let lims = limits(tp, SHIFT);
-        for (bg, og) in bc.chunks(64 * W).zip(oc.chunks_mut(64 * W)) {
+        for bg in bc.chunks(64 * W) {
             let len = bg.len() / W;
             let valid = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
             if W == 2 {
@@ -917,20 +920,17 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
                     }
                 };
                 let changed = classes_of_2(isa, bg, field as u16, valid, &lims, &mut flags, &mut cls);
-                let merged = match <&mut [u8; 128]>::try_from(&mut *og) {
-                    Ok(og) => merge_2(isa, &changed, &cls, &mut codes, bg, og, main),
-                    Err(_) => {
-                        let ok = merge_2(isa, &changed, &cls, &mut codes, bg, &mut ot, main);
-                        og.copy_from_slice(&ot[..og.len()]);
-                        ok
-                    }
-                };
-                if !merged {
+                if !merge_2(isa, &changed, &cls, &mut codes, bg, &mut ot, main) {
                     return Err("class planes classes do not match the chunk's elements".into());
+                }
+                match len {
+                    64 => out.extend_from_slice(&ot),
+                    _ => out.extend_from_slice(&ot[..2 * len]),
                 }
                 continue;
             }
             let changed = classes_of::<W>(bmi2, bg, field, valid, &lims, &mut flags);
+            let og = &mut og[..bg.len()];
             og.copy_from_slice(bg);
             for (c, mut ch) in changed.into_iter().enumerate() {
                 let (p, mut k) = (&planes[c], codes.cursor[c]);
@@ -950,6 +950,7 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
                 }
                 codes.cursor[c] = k;
             }
+            out.extend_from_slice(og);
         }
     }
     for (c, f) in flags.iter().enumerate() {
@@ -1053,10 +1054,10 @@ mod tests {
         assert!(encode_with::<W>(value, base, shape, segs, has_bmi2()) == Some(coded.clone()), "W {W}, segments {segs:?}");
         // Every level of instructions up to what the processor has.
         for isa in [Isa::Portable, Isa::Bmi2, Isa::Avx2].into_iter().filter(|&i| i <= isa()) {
-            // Whatever `out` holds on entry: every element is written.
-            let mut out = vec![0xa5; base.len()];
+            // Appended after what `out` holds.
+            let mut out = vec![0xa5; 3];
             decode_isa::<W, SHIFT, EMASK>(&coded, base, value.len() / W, &mut out, isa)?;
-            assert!(out == value, "W {W}, segments {segs:?}, {isa:?}");
+            assert!(out[3..] == *value && out[..3] == [0xa5; 3], "W {W}, segments {segs:?}, {isa:?}");
         }
         Ok(())
     }
@@ -1101,8 +1102,8 @@ mod tests {
     fn inconsistent_streams_are_errors() -> Result<(), String> {
         let (base, value) = rows(3000, 100, 9);
         let coded = encode_w::<2>(&value, &base, shape(), (100, 100)).ok_or("not coded")?;
-        let mut out = vec![0u8; value.len()];
-        assert!(decode_w::<2, 7, 0xff>(&coded, &base, 2999, &mut out[..5998]).is_err());
+        let mut out = Vec::new();
+        assert!(decode_w::<2, 7, 0xff>(&coded, &base, 2999, &mut out).is_err());
         assert!(decode_w::<2, 7, 0xff>(&coded, &base[..100], 3000, &mut out).is_err());
         // A segment's main direction out of range.
         let side = zstd::bulk::compress(&[1, 0, 2], 3).map_err(|e| e.to_string())?;
@@ -1111,7 +1112,7 @@ mod tests {
             forged.extend_from_slice(&x.to_le_bytes());
         }
         forged.extend_from_slice(&side);
-        assert!(decode_w::<2, 7, 0xff>(&forged, &base[..200], 100, &mut out[..200]).is_err());
+        assert!(decode_w::<2, 7, 0xff>(&forged, &base[..200], 100, &mut out).is_err());
         Ok(())
     }
 }

@@ -465,28 +465,32 @@ pub(super) fn read_head(data: &[u8], format: u8, n: usize) -> Result<Head<'_>, S
     Ok(Head { seg, first, nseg: 1 + (n - first).div_ceil(seg), side, end })
 }
 
-/// Decodes a stream of `n` elements against `base` (little-endian elements of `kind`) into
-/// `out` (`n` elements' bytes, whatever they hold on entry: every format writes every
-/// element). Every length and table is checked, so a corrupt stream is an error, never a panic
-/// or a large allocation.
-pub fn decode(data: &[u8], base: &[u8], kind: FloatKind, n: usize, out: &mut [u8]) -> Result<(), String> {
+/// Decodes a stream of `n` elements against `base` (little-endian elements of `kind`) and
+/// appends their bytes to `out` (left as it was on an error). Every length and table is
+/// checked, so a corrupt stream is an error, never a panic or a large allocation.
+pub fn decode(data: &[u8], base: &[u8], kind: FloatKind, n: usize, out: &mut Vec<u8>) -> Result<(), String> {
     let (shape, width) = Shape::of(kind).ok_or("magnitude stream for a tensor that is not a 2- or 4-byte float")?;
-    if base.len() != n * width || out.len() != n * width {
+    if base.len() != n * width {
         return Err("magnitude stream: base chunk does not match".into());
     }
-    let body = |data: &[u8], against: &[u8], out: &mut [u8]| match width {
+    let body = |data: &[u8], against: &[u8], out: &mut Vec<u8>| match width {
         2 => decode_w::<2>(data, against, shape, n, out),
         _ => decode_w::<4>(data, against, shape, n, out),
     };
-    match data.first() {
-        Some(&FORMAT_LOW_RANK) => {
-            let (lr, used) = LowRank::parse(&data[1..], n)?;
+    let start = out.len();
+    out.reserve(n * width);
+    let done = match data.first() {
+        Some(&FORMAT_LOW_RANK) => LowRank::parse(&data[1..], n).and_then(|(lr, used)| {
             let pred = lr.predict(base, kind).ok_or("magnitude stream: low-rank prediction for a float kind without it")?;
-            let rest = data.get(1 + used..).unwrap_or_default();
-            body(rest, &pred, out)
-        }
+            body(data.get(1 + used..).unwrap_or_default(), &pred, out)
+        }),
         _ => body(data, base, out),
+    };
+    if done.is_err() || out.len() != start + n * width {
+        out.truncate(start);
+        return done.and(Err("magnitude stream decoded to the wrong length".into()));
     }
+    Ok(())
 }
 
 /// Parsed side information: segments and the decoding table offset of each context.
@@ -644,19 +648,24 @@ fn decode_elements<const W: usize, const SHIFT: u32, const EMASK: u64>(
     (pos, bitpos, top)
 }
 
-fn decode_w<const W: usize>(data: &[u8], base: &[u8], shape: Shape, n: usize, out: &mut [u8]) -> Result<(), String> {
+fn decode_w<const W: usize>(data: &[u8], base: &[u8], shape: Shape, n: usize, out: &mut Vec<u8>) -> Result<(), String> {
     if n == 0 {
         return if data.is_empty() { Ok(()) } else { Err("magnitude stream for an empty chunk".into()) };
     }
-    if data.first() == Some(&residual::FORMAT) {
-        return residual::decode_w::<W>(data, base, n, out);
-    }
+    // Class planes append each element as they reach it; the other formats write into zeroed
+    // space.
     if data.first() == Some(&classes::FORMAT) {
         return match (W, shape.shift) {
             (2, 7) => classes::decode_w::<W, 7, 0xff>(data, base, n, out),
             (2, _) => classes::decode_w::<W, 10, 0x1f>(data, base, n, out),
             _ => classes::decode_w::<W, 23, 0xff>(data, base, n, out),
         };
+    }
+    let start = out.len();
+    out.resize(start + n * W, 0);
+    let out = &mut out[start..];
+    if data.first() == Some(&residual::FORMAT) {
+        return residual::decode_w::<W>(data, base, n, out);
     }
     let Head { seg, first, nseg, side: meta_z, end } = read_head(data, FORMAT, n)?;
     let cap = 3 * nseg + shape.contexts().div_ceil(8) + shape.contexts() * shape.alphabet * 2;
@@ -744,11 +753,12 @@ mod tests {
 
     fn round_trip_at(value: &[u8], base: &[u8], kind: FloatKind, seg: usize, offset: u64, format: Format) -> Result<Option<usize>, String> {
         let Some(coded) = encode(value, base, kind, seg, offset, usize::MAX, format) else { return Ok(None) };
-        // Not the base: every format writes every element.
-        let mut out = vec![0x5a; base.len()];
+        // Appended after what `out` holds.
+        let mut out = vec![0x5a; 3];
         let width = exponent_field(kind).map_or(4, |f| f.2);
         decode(&coded, base, kind, value.len() / width, &mut out)?;
-        assert_eq!(out, value, "{kind:?}, segments of {seg}, {format:?}");
+        assert_eq!(out[..3], [0x5a; 3]);
+        assert_eq!(out[3..], *value, "{kind:?}, segments of {seg}, {format:?}");
         Ok(Some(coded.len()))
     }
 
@@ -835,9 +845,11 @@ mod tests {
         let (base, value) = series(FloatKind::BF16, 3000, 5);
         let coded = encode(&value, &base, FloatKind::BF16, 100, 0, usize::MAX, format).unwrap_or_default();
         assert!(!coded.is_empty());
-        let mut out = vec![0u8; value.len()];
+        // A failed decode leaves `out` as it was.
+        let mut out = vec![7u8; 5];
         for cut in 0..coded.len() {
             assert!(decode(&coded[..cut], &base, FloatKind::BF16, 3000, &mut out).is_err(), "cut at {cut}, {format:?}");
+            assert_eq!(out, [7; 5]);
         }
         let mut longer = coded.clone();
         longer.extend_from_slice(&[0, 0, 0, 0]);
@@ -847,9 +859,11 @@ mod tests {
             t[i] ^= 0x41;
             // Either an error or some value: never a panic (the object id catches the rest).
             let _ = decode(&t, &base, FloatKind::BF16, 3000, &mut out);
+            out.truncate(5);
         }
         assert!(decode(&coded, &base[..10], FloatKind::BF16, 3000, &mut out).is_err());
-        assert!(decode(&coded, &base, FloatKind::BF16, 2999, &mut out[..5998]).is_err());
+        assert!(decode(&coded, &base, FloatKind::BF16, 2999, &mut out).is_err());
+        assert_eq!(out, [7; 5]);
     }
 
     proptest! {
@@ -870,7 +884,7 @@ mod tests {
             }
             let coded = encode(&value, &base, kind, seg, offset, usize::MAX, format);
             prop_assert!(coded.is_some());
-            let mut out = vec![0xff; base.len()];
+            let mut out = Vec::new();
             decode(&coded.unwrap_or_default(), &base, kind, pairs.len(), &mut out).map_err(TestCaseError::fail)?;
             prop_assert_eq!(out, value);
         }

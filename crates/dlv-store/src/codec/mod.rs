@@ -1025,21 +1025,22 @@ pub fn assemble_chunk(h: &ChunkHeader, r: &Residual, base: Option<&[u8]>, out: &
             None => return Err("delta chunk without a base".into()),
         },
     };
+    // A magnitude chunk's decoder appends its elements (class planes copy unchanged segments
+    // of the base as they reach them, while they are in the cache).
+    if h.transform == Transform::Magnitude {
+        return decode_magnitude(&r.planes[width - 1], base.unwrap_or_default(), width, n, out);
+    }
     let start = out.len();
     // A masked chunk starts from the base's bytes (elements outside the mask are the base's,
     // or zero without a base): written once, instead of zeroed and then copied over. Other
-    // chunks write every element (a magnitude chunk's decoder copies unchanged groups of the
-    // base as it goes, while they are in the cache).
-    match base.filter(|_| r.bitmap.is_some() && h.transform != Transform::Magnitude) {
+    // chunks write every element.
+    match base.filter(|_| r.bitmap.is_some()) {
         Some(b) => out.extend_from_slice(b),
         // A fresh buffer: zeroed pages from the allocator, not a pass of stores.
         None if start == 0 && out.capacity() < n * width => *out = vec![0; n * width],
         None => out.resize(start + n * width, 0),
     }
     let dst = &mut out[start..];
-    if h.transform == Transform::Magnitude {
-        return decode_magnitude(&r.planes[width - 1], base.unwrap_or_default(), width, n, dst);
-    }
     let rotate = h.flags & FLAG_ROTATE != 0 && width >= 2;
     let (planes, bitmap) = (&r.planes, r.bitmap.as_deref());
     let t = h.transform;
@@ -1058,12 +1059,12 @@ pub fn assemble_chunk(h: &ChunkHeader, r: &Residual, base: Option<&[u8]>, out: &
 }
 
 /// Decodes a magnitude chunk's stream (its float kind, then the coder's stream) against the
-/// base chunk's value into `dst`.
-fn decode_magnitude(stream: &[u8], base: &[u8], width: usize, n: usize, dst: &mut [u8]) -> Result<(), String> {
+/// base chunk's value and appends the value to `out`.
+fn decode_magnitude(stream: &[u8], base: &[u8], width: usize, n: usize, out: &mut Vec<u8>) -> Result<(), String> {
     let (&kind, coded) = stream.split_first().ok_or("magnitude stream is empty")?;
     let fits = |k: &FloatKind| magnitude::supports(*k) && magnitude::width_of(*k) == width;
     let kind = FloatKind::from_byte(kind).filter(fits).ok_or("magnitude stream names a float kind that does not fit the tensor")?;
-    magnitude::decode(coded, base, kind, n, dst)
+    magnitude::decode(coded, base, kind, n, out)
 }
 
 /// The little-endian word of the first `W` bytes (shared with [`magnitude`]).
@@ -1294,7 +1295,7 @@ pub fn combine(h: &ChunkHeader, mut r: Planes, base: Option<&Planes>, keep: usiz
         }
         let mut bytes = Vec::with_capacity(n * width);
         planes::join_top(b, 0, &mut bytes);
-        let mut value = vec![0; bytes.len()];
+        let mut value = Vec::with_capacity(bytes.len());
         decode_magnitude(&r[width - 1], &bytes, width, n, &mut value)?;
         let mut v = planes::split(&value, width);
         for p in v.iter_mut().take(width - keep.min(width)) {
