@@ -307,13 +307,15 @@ impl Flags {
     /// The next `n` (at most 64) flags, LSB first.
     #[inline(always)]
     fn take(&mut self, n: u32) -> u64 {
-        let i = self.at / 8;
-        let w = match self.bytes.get(i..i + 16) {
-            Some(b) => u128::from_le_bytes(b.try_into().unwrap_or([0; 16])) >> (self.at % 8),
-            None => 0,
+        let (i, shift) = (self.at / 8, self.at % 8);
+        // Eight bytes hold the next 57 flags or more; sixteen the rest.
+        let w = if n <= 56 {
+            self.bytes.get(i..i + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) >> shift)
+        } else {
+            self.bytes.get(i..i + 16).map_or(0, |b| (u128::from_le_bytes(b.try_into().unwrap_or([0; 16])) >> shift) as u64)
         };
         self.at += n as usize;
-        (w as u64) & if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+        w & if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
     }
 }
 
@@ -771,7 +773,12 @@ fn merge_2(isa: Isa, changed: &[u64; CLASSES], cls: &[u8; 64], codes: &mut Class
         let c = cls[i] as usize & (CLASSES - 1);
         // Its rank among its class's changed elements of the group.
         let k = from[c] + (changed[c] & ((1u64 << i) - 1)).count_ones() as usize;
-        z[i] = codes.codes.get(k).copied().unwrap_or(0);
+        // SAFETY: the rank is at most the class's count in the group, so k is at most its
+        // cursor after the group, which `fits` holds to its end, at most the codes' length;
+        // one zero code pads the buffer past that.
+        #[allow(unsafe_code)]
+        let code = unsafe { *codes.codes.get_unchecked(k) };
+        z[i] = code;
     }
     // SAFETY (both): SSE2 is part of x86-64; AVX2 only where the caller detected it (`isa()`).
     #[cfg(target_arch = "x86_64")]
@@ -882,12 +889,14 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
     // Two-byte elements: every class's codes whole; wider ones: each class's planes.
     let mut codes = ClassCodes { codes: Vec::new(), cursor: [0; CLASSES], end: std::array::from_fn(|c| planes[c][0].len()) };
     if W == 2 {
-        codes.codes.reserve_exact(codes.end.iter().sum());
+        codes.codes.reserve_exact(codes.end.iter().sum::<usize>() + 1);
         for (c, p) in planes.iter().enumerate() {
             codes.cursor[c] = codes.codes.len();
             codes.codes.extend(p[0].iter().zip(&p[W - 1]).map(|(&lo, &hi)| u16::from_le_bytes([lo, hi])));
             codes.end[c] = codes.codes.len();
         }
+        // The merge may read one code past the last class's (see there).
+        codes.codes.push(0);
         planes.clear();
     }
     // Every element is appended as the loop reaches it: unchanged segments are copied from the
@@ -993,6 +1002,24 @@ mod tests {
 
     fn shape() -> Shape {
         Shape::of(FloatKind::BF16).map(|s| s.0).unwrap_or_else(|| unreachable!())
+    }
+
+    /// Flags are taken 0 to 64 at a time, at every bit offset, LSB first.
+    #[test]
+    fn flags_are_taken_in_order_at_any_count() {
+        let mut r = crate::testrand::XorShift::new(5);
+        let bytes: Vec<u8> = (0..600).map(|_| r.next_u64() as u8).collect();
+        let bit = |j: usize| (bytes[j / 8] >> (j % 8) & 1) as u64;
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0; 16]);
+        let mut f = Flags { bytes: padded, count: 8 * bytes.len(), at: 0 };
+        let mut at = 0;
+        while at + 64 <= 8 * bytes.len() {
+            let n = (r.next_u64() % 65) as u32;
+            let want = (0..n as usize).fold(0u64, |w, j| w | bit(at + j) << j);
+            assert_eq!(f.take(n), want, "{n} flags at bit {at}");
+            at += n as usize;
+        }
     }
 
     #[test]
