@@ -72,12 +72,13 @@ fn encode_with<const W: usize>(value: &[u8], base: &[u8], shape: Shape, (seg, fi
     // the decoder reads them.
     let mut segs = Vec::with_capacity(n.div_ceil(seg) + 1);
     let field = shape.emask << shape.shift;
+    let avx2 = bmi2 && isa() == Isa::Avx2;
     let mut flags: [Bits; CLASSES] = Default::default();
     let mut planes: Vec<Vec<Vec<u8>>> = vec![vec![Vec::new(); W]; CLASSES];
     // Two-byte elements: each class's codes are gathered whole and cut into planes at the end.
     let mut codes: [Codes; CLASSES] = Default::default();
     for (vc, bc) in segments(value, first, seg, W).zip(segments(base, first, seg, W)) {
-        let (moved, sum, up) = if W == 2 { stats_2(vc, bc, shape) } else { stats::<W>(vc, bc, shape, sign) };
+        let (moved, sum, up) = if W == 2 { stats_2_of(avx2, vc, bc, shape) } else { stats::<W>(vc, bc, shape, sign) };
         let s = match (sum + moved / 2).checked_div(moved) {
             None => Segment::default(),
             Some(t) => Segment { typical: t.clamp(1, u16::MAX as u64) as u16, main: u8::from(up * 2 > moved) },
@@ -166,8 +167,23 @@ fn stats<const W: usize>(vc: &[u8], bc: &[u8], shape: Shape, sign: u32) -> (u64,
     (moved, sum, up)
 }
 
+/// [`stats_2`], compiled for AVX2 (eight elements to a register instead of four) where `avx2`
+/// says the processor has it.
+#[inline(always)]
+fn stats_2_of(avx2: bool, vc: &[u8], bc: &[u8], shape: Shape) -> (u64, u64, u64) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the function only enables AVX2, which the caller detected at run time.
+        #[allow(unsafe_code)]
+        return unsafe { x86::stats_2_avx2(vc, bc, shape) };
+    }
+    let _ = avx2;
+    stats_2(vc, bc, shape)
+}
+
 /// [`stats`] of two-byte elements, in 32-bit lanes that vectorise: the bit length of a delta
 /// (below 2^17) is read from the exponent of its conversion to f32, which is exact.
+#[inline(always)]
 fn stats_2(vc: &[u8], bc: &[u8], shape: Shape) -> (u64, u64, u64) {
     let (shift, emask) = (shape.shift, shape.emask as u32);
     // Only SSE2 instructions where x86-64 has them: a signed conversion, no 32-bit max or
@@ -653,6 +669,12 @@ mod x86 {
                 _mm256_storeu_si256(og.as_mut_ptr().add(32 * k).cast(), _mm256_add_epi16(b, delta))
             };
         }
+    }
+
+    /// [`super::stats_2`] compiled for AVX2.
+    #[target_feature(enable = "avx2")]
+    pub fn stats_2_avx2(vc: &[u8], bc: &[u8], shape: super::Shape) -> (u64, u64, u64) {
+        super::stats_2(vc, bc, shape)
     }
 
     /// [`super::decode_with`] compiled for AVX2, BMI2 and POPCNT throughout.
