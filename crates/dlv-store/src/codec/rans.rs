@@ -534,10 +534,12 @@ mod x86 {
         let m12 = _mm256_set1_epi32(TOTAL as i32 - 1);
         let zero = _mm256_setzero_si256();
         let mut done = 0usize;
+        // Words read, kept in a register (written back once).
+        let mut at = *pos;
         'rounds: for round in out.chunks_exact_mut(WIDE) {
             let mut syms = [zero; 4];
             for k in 0..4 {
-                let Some(win) = body.get(2 * *pos..2 * *pos + 16) else {
+                let Some(win) = body.get(2 * at..2 * at + 16) else {
                     // Not eight words left: the vectors decoded so far in this round are kept.
                     let mut tmp = [0u32; WIDE];
                     for (j, v) in syms.iter().enumerate().take(k) {
@@ -571,7 +573,7 @@ mod x86 {
                 let ranks = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(RANK[mask & 255])));
                 let w = _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(words), ranks);
                 x[k] = _mm256_blendv_epi8(nx, _mm256_or_si256(_mm256_slli_epi32::<16>(nx), w), need);
-                *pos += mask.count_ones() as usize;
+                at += mask.count_ones() as usize;
             }
             // The 32 symbols' low bytes, in order.
             let lo = _mm256_packus_epi32(syms[0], syms[1]);
@@ -584,6 +586,7 @@ mod x86 {
             };
             done += WIDE;
         }
+        *pos = at;
         let mut lanes = [0u32; WIDE];
         for (k, v) in x.iter().enumerate() {
             // SAFETY: lanes holds four vectors of eight u32.
