@@ -452,11 +452,16 @@ pub fn decode(coder: Coder, data: &[u8], n: usize) -> Result<Vec<u8>, String> {
 
 /// One zstd frame that must decode to exactly `n` bytes, with this thread's reused context.
 pub(super) fn unzstd(data: &[u8], n: usize) -> Result<Vec<u8>, String> {
-    let mut out = vec![0u8; n];
+    // zstd writes into the vector's spare capacity and sets its length, so the buffer is not
+    // zeroed first; a frame longer than `n` is an error (no room), a shorter one is below.
+    let mut out = Vec::with_capacity(n);
     let got = DECOMPRESSOR
         .with(|d| match d.borrow_mut().as_mut() {
-            Some(d) => d.decompress_to_buffer(data, &mut out[..]),
-            None => zstd::bulk::decompress_to_buffer(data, &mut out[..]),
+            Some(d) => d.decompress_to_buffer(data, &mut out),
+            None => {
+                out.resize(n, 0);
+                zstd::bulk::decompress_to_buffer(data, &mut out[..])
+            }
         })
         .map_err(|e| format!("zstd stream: {e}"))?;
     if got != n {
