@@ -591,10 +591,10 @@ mod x86 {
         z
     }
 
-    /// [`at_most_2`] with AVX2, sixteen elements per compare and 32 per movemask, the classes
-    /// always computed.
+    /// [`at_most_2`] with AVX2, sixteen elements per compare and 32 per movemask (the merge
+    /// with AVX2 needs no element's class, only the masks).
     #[target_feature(enable = "avx2")]
-    fn at_most_2_avx2(g: &[u8; 128], field: u16, lims: &[Option<u64>; super::CLASSES - 1], cls: &mut [u8; 64]) -> [u64; super::CLASSES - 1] {
+    fn at_most_2_avx2(g: &[u8; 128], field: u16, lims: &[Option<u64>; super::CLASSES - 1]) -> [u64; super::CLASSES - 1] {
         // Vector 2h holds elements 32h..32h+8 and 32h+16..32h+24, vector 2h+1 the others of
         // the 32, so that a pack of the two (which works per 128-bit half) lists all 32 in order.
         let f = _mm256_set1_epi16(field as i16);
@@ -607,39 +607,22 @@ mod x86 {
             // The exponent fields; they are below 2^15, so signed compares work.
             *v = _mm256_and_si256(_mm256_set_m128i(hi, lo), f);
         }
-        // Minus the number of limits each element is at or under.
-        let mut acc = [_mm256_setzero_si256(); 4];
         let mut out = [0u64; super::CLASSES - 1];
         for (m, lim) in out.iter_mut().zip(lims) {
             *m = match *lim {
                 None => 0,
                 // A limit past the field holds every element.
-                Some(l) if l >= field as u64 => {
-                    for a in acc.iter_mut() {
-                        *a = _mm256_sub_epi16(*a, _mm256_set1_epi16(1));
-                    }
-                    u64::MAX
-                }
+                Some(l) if l >= field as u64 => u64::MAX,
                 // e <= l, as l + 1 > e.
                 Some(l) => {
                     let l = _mm256_set1_epi16(l as i16 + 1);
                     let mut m = 0u64;
                     for h in 0..2 {
                         let (a, b) = (_mm256_cmpgt_epi16(l, x[2 * h]), _mm256_cmpgt_epi16(l, x[2 * h + 1]));
-                        acc[2 * h] = _mm256_add_epi16(acc[2 * h], a);
-                        acc[2 * h + 1] = _mm256_add_epi16(acc[2 * h + 1], b);
                         m |= (_mm256_movemask_epi8(_mm256_packs_epi16(a, b)) as u32 as u64) << (32 * h);
                     }
                     m
                 }
-            };
-        }
-        for h in 0..2 {
-            let c = _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_packs_epi16(acc[2 * h], acc[2 * h + 1]));
-            // SAFETY: h < 2: 32 bytes at 32 h of the 64.
-            #[allow(unsafe_code)]
-            unsafe {
-                _mm256_storeu_si256(cls.as_mut_ptr().add(32 * h).cast(), c)
             };
         }
         out
@@ -647,19 +630,21 @@ mod x86 {
 
     /// [`group_classes_2`] with AVX2.
     #[target_feature(enable = "avx2,bmi2,popcnt")]
-    pub fn group_classes_2_avx2(group: &[u8; 128], field: u16, valid: u64, lims: &[Option<u64>; super::CLASSES - 1], flags: &mut [super::Flags; super::CLASSES], cls: &mut [u8; 64]) -> [u64; super::CLASSES] {
-        super::group_classes(valid, &at_most_2_avx2(group, field, lims, cls), flags, |s, m| _pdep_u64(s, m))
+    pub fn group_classes_2_avx2(group: &[u8; 128], field: u16, valid: u64, lims: &[Option<u64>; super::CLASSES - 1], flags: &mut [super::Flags; super::CLASSES]) -> [u64; super::CLASSES] {
+        super::group_classes(valid, &at_most_2_avx2(group, field, lims), flags, |s, m| _pdep_u64(s, m))
     }
 
-    /// [`dense_2`] with AVX2, sixteen at a time.
+    /// [`dense_2`] with AVX2, sixteen at a time, the codes in eight vectors (as
+    /// [`merge_2_avx2`] places them).
     #[target_feature(enable = "avx2")]
-    pub fn dense_2_avx2(z: &[u16; 64], bg: &[u8; 128], og: &mut [u8; 128], main: u16) {
+    fn dense_2_avx2(z: &[__m128i; 8], bg: &[u8; 128], og: &mut [u8; 128], main: u16) {
         let one = _mm256_set1_epi16(1);
         let main = _mm256_set1_epi16(main as i16 ^ 1);
         for k in 0..4 {
-            // SAFETY: k < 4: 32 bytes at 32 k of the 128-byte groups and of `z`.
+            let zc = _mm256_set_m128i(z[2 * k + 1], z[2 * k]);
+            // SAFETY: k < 4: 32 bytes at 32 k of the 128-byte group.
             #[allow(unsafe_code)]
-            let (zc, b) = unsafe { (_mm256_loadu_si256(z.as_ptr().add(16 * k).cast()), _mm256_loadu_si256(bg.as_ptr().add(32 * k).cast())) };
+            let b = unsafe { _mm256_loadu_si256(bg.as_ptr().add(32 * k).cast()) };
             let flip = _mm256_and_si256(_mm256_xor_si256(_mm256_srli_epi16::<15>(b), main), one);
             let d = _mm256_xor_si256(_mm256_srli_epi16::<1>(zc), _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_and_si256(zc, one)));
             let delta = _mm256_add_epi16(_mm256_xor_si256(d, _mm256_sub_epi16(_mm256_setzero_si256(), flip)), flip);
@@ -669,6 +654,72 @@ mod x86 {
                 _mm256_storeu_si256(og.as_mut_ptr().add(32 * k).cast(), _mm256_add_epi16(b, delta))
             };
         }
+    }
+
+    /// For each byte `m` (eight elements, bit j = element j changed), the shuffle that moves
+    /// the first `popcnt(m)` of eight two-byte codes to the changed elements' lanes and zeroes
+    /// the others.
+    #[repr(align(16))]
+    struct Expand([[u8; 16]; 256]);
+
+    static EXPAND: Expand = Expand({
+        let mut t = [[0x80u8; 16]; 256];
+        let mut m = 0;
+        while m < 256 {
+            let (mut j, mut k) = (0, 0u8);
+            while j < 8 {
+                if m >> j & 1 == 1 {
+                    t[m][2 * j] = 2 * k;
+                    t[m][2 * j + 1] = 2 * k + 1;
+                    k += 1;
+                }
+                j += 1;
+            }
+            m += 1;
+        }
+        t
+    });
+
+    /// [`super::merge_2`] with AVX2: the codes are placed eight elements at a time, once per
+    /// class and block of eight that holds changed elements of the class (16 per group in the
+    /// benchmark's bf16 series, for 32 changed elements): the block's codes are the class's
+    /// next ones, loaded together and moved to their lanes by one byte shuffle.
+    ///
+    /// The caller guarantees that each class's cursor `from[c]` plus its changed elements in
+    /// the group is at most its codes' end, and that `codes` holds [`super::CODES_PAD`] codes
+    /// past the last class's end, so every eight-code load is inside `codes`.
+    #[target_feature(enable = "avx2,bmi2,popcnt")]
+    pub fn merge_2_avx2(changed: &[u64; super::CLASSES], from: &[usize; super::CLASSES], codes: &[u16], bg: &[u8; 128], og: &mut [u8; 128], main: u16) {
+        let mut bytes = [0u8; 8 * super::CLASSES];
+        for (b, c) in bytes.chunks_exact_mut(8).zip(changed) {
+            b.copy_from_slice(&c.to_le_bytes());
+        }
+        // Bit 8c + b: class c has changed elements in block b.
+        // SAFETY: 32 bytes at 0 and at 32 of the 64.
+        #[allow(unsafe_code)]
+        let (lo, hi) = unsafe { (_mm256_loadu_si256(bytes.as_ptr().cast()), _mm256_loadu_si256(bytes.as_ptr().add(32).cast())) };
+        let zero = _mm256_setzero_si256();
+        let empty = (_mm256_movemask_epi8(_mm256_cmpeq_epi8(lo, zero)) as u32 as u64) | (_mm256_movemask_epi8(_mm256_cmpeq_epi8(hi, zero)) as u32 as u64) << 32;
+        let mut pairs = !empty;
+        let mut z = [_mm_setzero_si128(); 8];
+        while pairs != 0 {
+            let i = pairs.trailing_zeros() as usize & 63;
+            pairs &= pairs - 1;
+            let (c, b) = (i >> 3, i & 7);
+            // The class's codes before this block's: its cursor plus its changed elements in the
+            // blocks below.
+            let k = from[c] + _bzhi_u64(changed[c], 8 * b as u32).count_ones() as usize;
+            debug_assert!(k + 8 <= codes.len());
+            // SAFETY: k is below the class's cursor after the group, at most its end, and
+            // `codes` holds CODES_PAD = 8 more past the last end (the caller's guarantee).
+            #[allow(unsafe_code)]
+            let src = unsafe { _mm_loadu_si128(codes.as_ptr().add(k).cast()) };
+            // SAFETY: the table is 16-byte aligned, one 16-byte row per byte value.
+            #[allow(unsafe_code)]
+            let ctl = unsafe { _mm_load_si128(EXPAND.0[bytes[i] as usize].as_ptr().cast()) };
+            z[b] = _mm_or_si128(z[b], _mm_shuffle_epi8(src, ctl));
+        }
+        dense_2_avx2(&z, bg, og, main);
     }
 
     /// [`super::stats_2`] compiled for AVX2.
@@ -736,7 +787,8 @@ fn classes_of<const W: usize>(bmi2: bool, group: &[u8], field: u64, valid: u64, 
 }
 
 /// [`group_classes`] of a group of up to 64 two-byte elements (`group`: 128 bytes, those past
-/// `valid` ignored), and each element's class in `cls`; with the instructions `isa` names.
+/// `valid` ignored), and each element's class in `cls` (not with AVX2, whose merge does not
+/// read it); with the instructions `isa` names.
 #[inline(always)]
 fn classes_of_2(isa: Isa, group: &[u8; 128], field: u16, valid: u64, lims: &[Option<u64>; CLASSES - 1], flags: &mut [Flags; CLASSES], cls: &mut [u8; 64]) -> [u64; CLASSES] {
     // SAFETY (both): the functions only enable SSE2, which every x86-64 processor has, and
@@ -744,7 +796,7 @@ fn classes_of_2(isa: Isa, group: &[u8; 128], field: u16, valid: u64, lims: &[Opt
     #[cfg(target_arch = "x86_64")]
     match isa {
         #[allow(unsafe_code)]
-        Isa::Avx2 => return unsafe { x86::group_classes_2_avx2(group, field, valid, lims, flags, cls) },
+        Isa::Avx2 => return unsafe { x86::group_classes_2_avx2(group, field, valid, lims, flags) },
         #[allow(unsafe_code)]
         Isa::Bmi2 => return unsafe { x86::group_classes_2(group, field, valid, lims, flags, cls) },
         Isa::Portable => {}
@@ -756,6 +808,9 @@ fn classes_of_2(isa: Isa, group: &[u8; 128], field: u16, valid: u64, lims: &[Opt
     }
     group_classes(valid, &at_most, flags, deposit)
 }
+
+/// Zero codes after the last class's: [`merge_2`] reads the codes eight at a time.
+const CODES_PAD: usize = 8;
 
 /// Where each class's changed elements are read from: two-byte elements take their codes from
 /// `codes` (every class's whole, one class after another), wider ones from each class's
@@ -774,7 +829,8 @@ struct ClassCodes {
 /// runs once per group whatever the classes hold, so its exit is the only branch that depends
 /// on the data (a loop per class mispredicted its exit for every class of every group). The
 /// codes are placed in a dense group (zero for the others, which unturns to a zero delta) and
-/// all 64 values computed eight to a vector.
+/// all 64 values computed eight to a vector. With AVX2, [`x86::merge_2_avx2`] places them eight
+/// at a time instead and does not read `cls`.
 #[inline(always)]
 fn merge_2(isa: Isa, changed: &[u64; CLASSES], cls: &[u8; 64], codes: &mut ClassCodes, bg: &[u8; 128], og: &mut [u8; 128], main: u64) -> bool {
     let mut fits = true;
@@ -787,6 +843,16 @@ fn merge_2(isa: Isa, changed: &[u64; CLASSES], cls: &[u8; 64], codes: &mut Class
     }
     if !fits {
         return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: AVX2, BMI2 and POPCNT, which the caller detected (`isa()`); the codes are
+        // padded and the cursors checked as the function requires (see there).
+        #[allow(unsafe_code)]
+        unsafe {
+            x86::merge_2_avx2(changed, &from, &codes.codes, bg, og, main as u16)
+        };
+        return true;
     }
     let mut z = [0u16; 64];
     while all != 0 {
@@ -802,15 +868,11 @@ fn merge_2(isa: Isa, changed: &[u64; CLASSES], cls: &[u8; 64], codes: &mut Class
         let code = unsafe { *codes.codes.get_unchecked(k) };
         z[i] = code;
     }
-    // SAFETY (both): SSE2 is part of x86-64; AVX2 only where the caller detected it (`isa()`).
+    // SAFETY: SSE2 is part of x86-64.
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     unsafe {
-        if isa == Isa::Avx2 {
-            x86::dense_2_avx2(&z, bg, og, main as u16)
-        } else {
-            x86::dense_2(&z, bg, og, main as u16)
-        }
+        x86::dense_2(&z, bg, og, main as u16)
     }
     #[cfg(not(target_arch = "x86_64"))]
     for ((o, b), &code) in og.chunks_exact_mut(2).zip(bg.chunks_exact(2)).zip(&z) {
@@ -917,8 +979,8 @@ fn decode_with<const W: usize, const SHIFT: u32, const EMASK: u64>(data: &[u8], 
             codes.codes.extend(p[0].iter().zip(&p[W - 1]).map(|(&lo, &hi)| u16::from_le_bytes([lo, hi])));
             codes.end[c] = codes.codes.len();
         }
-        // The merge may read one code past the last class's (see there).
-        codes.codes.push(0);
+        // The merge may read up to eight codes past the last class's (see there).
+        codes.codes.extend_from_slice(&[0; CODES_PAD]);
         planes.clear();
     }
     // Every element is appended as the loop reaches it: unchanged segments are copied from the
