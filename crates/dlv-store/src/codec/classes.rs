@@ -663,15 +663,16 @@ mod x86 {
     struct Expand([[u8; 16]; 256]);
 
     static EXPAND: Expand = Expand({
+        // Lane j's rank among the set bits (see `simd::RANK`), as the byte pair of a code.
         let mut t = [[0x80u8; 16]; 256];
         let mut m = 0;
         while m < 256 {
-            let (mut j, mut k) = (0, 0u8);
+            let mut j = 0;
             while j < 8 {
-                if m >> j & 1 == 1 {
-                    t[m][2 * j] = 2 * k;
-                    t[m][2 * j + 1] = 2 * k + 1;
-                    k += 1;
+                let r = crate::codec::simd::RANK[m][j];
+                if r != 0x80 {
+                    t[m][2 * j] = 2 * r;
+                    t[m][2 * j + 1] = 2 * r + 1;
                 }
                 j += 1;
             }
