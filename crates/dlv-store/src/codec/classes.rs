@@ -691,6 +691,9 @@ mod x86 {
     /// past the last class's end, so every eight-code load is inside `codes`.
     #[target_feature(enable = "avx2,bmi2,popcnt")]
     pub fn merge_2_avx2(changed: &[u64; super::CLASSES], from: &[usize; super::CLASSES], codes: &[u16], bg: &[u8; 128], og: &mut [u8; 128], main: u16) {
+        // Eight classes of 64 bits are the 64 bytes loaded below, and bit i of the pairs is
+        // class i / 8.
+        const { assert!(super::CLASSES == 8) };
         let mut bytes = [0u8; 8 * super::CLASSES];
         for (b, c) in bytes.chunks_exact_mut(8).zip(changed) {
             b.copy_from_slice(&c.to_le_bytes());
