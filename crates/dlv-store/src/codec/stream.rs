@@ -135,18 +135,21 @@ fn encode_inner(plane: &[u8], hist: &[u64; 256], gaps: bool) -> (Coder, Vec<u8>)
         }
     }
     if hist[0] * 2 >= plane.len() as u64 {
-        if let Some(s) = encode_sparse(plane) {
+        // Both coders of mostly-zero planes start from the non-zero bytes and where they are
+        // (the gaps' share limit lies inside the sparse coder's).
+        let (values, bitmap) = super::planes::compact_nonzero_u8(plane);
+        if let Some(s) = encode_sparse(&values, &bitmap) {
             if s.len() < best_len {
                 best_len = s.len();
                 best = (Coder::Sparse, Some(s));
             }
         }
-    }
-    if gaps && (plane.len() as u64 - hist[0]) * GAPS_MAX_SHARE <= plane.len() as u64 {
-        if let Some(g) = encode_gaps(plane, (plane.len() as u64 - hist[0]) as usize) {
-            if g.len() < best_len {
-                best_len = g.len();
-                best = (Coder::Gaps, Some(g));
+        if gaps && values.len() as u64 * GAPS_MAX_SHARE <= plane.len() as u64 {
+            if let Some(g) = encode_gaps(&values, &bitmap) {
+                if g.len() < best_len {
+                    best_len = g.len();
+                    best = (Coder::Gaps, Some(g));
+                }
             }
         }
     }
@@ -203,10 +206,11 @@ fn zstd_loses(plane: &[u8], hist: &[u64; 256], freqs: Option<&[u32; 256]>) -> bo
     }
 }
 
-fn encode_sparse(plane: &[u8]) -> Option<Vec<u8>> {
-    let (values, bitmap) = super::planes::compact_nonzero_u8(plane);
-    let bz = zstd1(&bitmap).ok()?;
-    let vz = zstd1(&values).ok()?;
+/// [`Coder::Sparse`] of a plane's non-zero bytes and their bitmap (see
+/// [`super::planes::compact_nonzero_u8`]).
+fn encode_sparse(values: &[u8], bitmap: &[u8]) -> Option<Vec<u8>> {
+    let bz = zstd1(bitmap).ok()?;
+    let vz = zstd1(values).ok()?;
     let mut out = Vec::with_capacity(4 + bz.len() + vz.len());
     out.extend_from_slice(&u32::try_from(bz.len()).ok()?.to_le_bytes());
     out.extend_from_slice(&bz);
@@ -222,42 +226,28 @@ const GAPS_MAX_SHARE: u64 = 4;
 /// within 1% of rANS over the whole plane (the gaps carry the same information as the zeros,
 /// and runs of non-zero bytes make them smaller), but the decoder steps once per non-zero byte
 /// (and per 255 zeros) instead of once per byte: 7-80 times fewer steps there.
-fn encode_gaps(plane: &[u8], nonzero: usize) -> Option<Vec<u8>> {
-    let mut gaps = Vec::with_capacity(nonzero + plane.len() / 255 + 1);
-    let mut values = Vec::with_capacity(nonzero);
-    let mut run = 0usize;
-    let mut push = |b: u8, run: &mut usize| {
-        while *run >= 255 {
-            gaps.push(255);
-            *run -= 255;
-        }
-        gaps.push(*run as u8);
-        *run = 0;
-        values.push(b);
-    };
-    // Eight bytes at a time through the runs of zeros.
-    let mut words = plane.chunks_exact(8);
-    for w in &mut words {
-        let mut x = u64::from_le_bytes(w.try_into().ok()?);
-        let mut at = 0;
+///
+/// Takes the plane's non-zero bytes and their bitmap, as [`encode_sparse`] does.
+fn encode_gaps(values: &[u8], bitmap: &[u8]) -> Option<Vec<u8>> {
+    let mut gaps = Vec::with_capacity(values.len() + 8 * bitmap.len() / 255 + 1);
+    // The element after the last value.
+    let mut next = 0usize;
+    for (w, word) in bitmap.chunks(8).enumerate() {
+        let mut x = word.iter().rev().fold(0u64, |x, &b| x << 8 | b as u64);
         while x != 0 {
-            let k = x.trailing_zeros() / 8;
-            run += (k - at) as usize;
-            push((x >> (8 * k)) as u8, &mut run);
-            x &= !(0xff << (8 * k));
-            at = k + 1;
-        }
-        run += 8 - at as usize;
-    }
-    for &b in words.remainder() {
-        if b == 0 {
-            run += 1;
-        } else {
-            push(b, &mut run);
+            let at = 64 * w + x.trailing_zeros() as usize;
+            x &= x - 1;
+            let mut run = at - next;
+            while run >= 255 {
+                gaps.push(255);
+                run -= 255;
+            }
+            gaps.push(run as u8);
+            next = at + 1;
         }
     }
     let (gc, gs) = encode_inner(&gaps, &entropy::histogram(&gaps), false);
-    let (vc, vs) = encode_inner(&values, &entropy::histogram(&values), false);
+    let (vc, vs) = encode_inner(values, &entropy::histogram(values), false);
     let mut out = Vec::with_capacity(GAPS_HEADER + gs.len() + vs.len());
     out.extend_from_slice(&u32::try_from(gaps.len()).ok()?.to_le_bytes());
     out.extend_from_slice(&u32::try_from(values.len()).ok()?.to_le_bytes());
@@ -504,7 +494,8 @@ mod tests {
             let (coder, bytes) = encode(&plane);
             assert_eq!(decode(coder, &bytes, plane.len())?, plane);
             // Forced sparse path decodes too.
-            if let Some(s) = encode_sparse(&plane) {
+            let (values, bitmap) = super::super::planes::compact_nonzero_u8(&plane);
+            if let Some(s) = encode_sparse(&values, &bitmap) {
                 assert_eq!(decode(Coder::Sparse, &s, plane.len())?, plane);
             }
             assert_eq!(decode(Coder::Rans, &rans::encode(&plane), plane.len())?, plane);
@@ -593,8 +584,8 @@ mod tests {
         cases.push(scattered(100_003, 5, 3));
         cases.push(scattered(1 << 17, 30, 4));
         for plane in cases {
-            let nonzero = plane.iter().filter(|&&b| b != 0).count();
-            let g = encode_gaps(&plane, nonzero).ok_or("no gaps stream")?;
+            let (values, bitmap) = super::super::planes::compact_nonzero_u8(&plane);
+            let g = encode_gaps(&values, &bitmap).ok_or("no gaps stream")?;
             assert_eq!(decode(Coder::Gaps, &g, plane.len())?, plane, "{} bytes", plane.len());
         }
         Ok(())
@@ -652,7 +643,8 @@ mod tests {
     #[test]
     fn corrupt_streams_are_errors() {
         let plane: Vec<u8> = (0..3000u32).map(|i| if i % 9 == 0 { 5 } else { 0 }).collect();
-        let s = encode_sparse(&plane).unwrap_or_default();
+        let (values, bitmap) = super::super::planes::compact_nonzero_u8(&plane);
+        let s = encode_sparse(&values, &bitmap).unwrap_or_default();
         for cut in 0..s.len() {
             let _ = decode(Coder::Sparse, &s[..cut], plane.len());
         }
