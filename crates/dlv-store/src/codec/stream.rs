@@ -669,4 +669,37 @@ mod tests {
         assert!(decode(Coder::Constant, &[1, 2], 10).is_err());
         assert!(decode(Coder::Stored, &[1, 2], 10).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, .. Default::default() })]
+
+        /// Any plane round trips through the gaps coder, whatever its runs (long ones across
+        /// the 255 escape included), and whatever coder `encode` picks for it.
+        #[test]
+        fn any_mostly_zero_plane_round_trips(
+            runs in proptest::collection::vec((0usize..700, 1u8..=255), 0..60),
+            tail in 0usize..300,
+        ) {
+            let mut plane = Vec::new();
+            for (run, b) in runs {
+                plane.extend(std::iter::repeat_n(0, run));
+                plane.push(b);
+            }
+            plane.extend(std::iter::repeat_n(0, tail));
+            let (values, bitmap) = super::super::planes::compact_nonzero_u8(&plane);
+            let g = encode_gaps(&values, &bitmap).ok_or_else(|| proptest::test_runner::TestCaseError::fail("no gaps stream"))?;
+            proptest::prop_assert_eq!(decode(Coder::Gaps, &g, plane.len()), Ok(plane.clone()));
+            let (coder, bytes) = encode(&plane);
+            proptest::prop_assert_eq!(decode(coder, &bytes, plane.len()), Ok(plane));
+        }
+
+        /// Arbitrary bytes given to the gaps decoder are an error or a plane of the asked
+        /// length, never a panic.
+        #[test]
+        fn arbitrary_gaps_streams_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), n in 0usize..5000) {
+            if let Ok(p) = decode(Coder::Gaps, &data, n) {
+                proptest::prop_assert_eq!(p.len(), n);
+            }
+        }
+    }
 }
