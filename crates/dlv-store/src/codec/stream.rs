@@ -3,8 +3,9 @@
 //!
 //! Each plane of a chunk is encoded with every coder that can apply and the smallest result is
 //! kept, so the choice is by measured size (zstd is skipped where a probe of the plane, or its
-//! entropy, shows that it loses). Decoding checks every length against the element
-//! count the chunk header gives, so a corrupt stream is an error, never a large allocation.
+//! entropy, shows that it loses, and the sparse coder where the gaps coder applies). Decoding
+//! checks every length against the element count the chunk header gives, so a corrupt stream
+//! is an error, never a large allocation.
 
 use super::{entropy, rans};
 
@@ -135,22 +136,19 @@ fn encode_inner(plane: &[u8], hist: &[u64; 256], gaps: bool) -> (Coder, Vec<u8>)
         }
     }
     if hist[0] * 2 >= plane.len() as u64 {
-        // Both coders of mostly-zero planes start from the non-zero bytes and where they are
-        // (the gaps' share limit lies inside the sparse coder's).
+        // The coders of mostly-zero planes start from the non-zero bytes and where they are.
         let (values, bitmap) = super::planes::compact_nonzero_u8(plane);
-        if let Some(s) = encode_sparse(&values, &bitmap) {
-            if s.len() < best_len {
-                best_len = s.len();
-                best = (Coder::Sparse, Some(s));
-            }
-        }
-        if gaps && values.len() as u64 * GAPS_MAX_SHARE <= plane.len() as u64 {
-            if let Some(g) = encode_gaps(&values, &bitmap) {
-                if g.len() < best_len {
-                    best_len = g.len();
-                    best = (Coder::Gaps, Some(g));
-                }
-            }
+        // Where the gaps coder applies, the sparse coder is not tried: on the benchmark's bf16
+        // series its two zstd frames took 5% of the encoder's time there and would have saved
+        // 274 bytes of 7.5 MB.
+        let coded = if gaps && values.len() as u64 * GAPS_MAX_SHARE <= plane.len() as u64 {
+            encode_gaps(&values, &bitmap).map(|g| (Coder::Gaps, g))
+        } else {
+            encode_sparse(&values, &bitmap).map(|s| (Coder::Sparse, s))
+        };
+        if let Some((c, bytes)) = coded.filter(|(_, b)| b.len() < best_len) {
+            best_len = bytes.len();
+            best = (c, Some(bytes));
         }
     }
     // zstd's Huffman literals spend whole bits per byte, which a skewed plane (an exponent
