@@ -227,7 +227,18 @@ pub fn run() -> Result<()> {
         // Per level and thread count (one core, all cores): each tensor's best encode and
         // decode time over the rounds.
         let mut times: Vec<[Vec<(f64, f64)>; 2]> = vec![Default::default(); codec_levels.len()];
+        // The same-run baseline: BLAKE3 of each tensor alone, which every encode and every
+        // verified decode computes once (the machine's speed at the time, too).
+        let mut hash_times: Vec<f64> = Vec::new();
         for _ in 0..rounds {
+            let run = hash_times_of(snaps);
+            if hash_times.is_empty() {
+                hash_times = run;
+            } else {
+                for (b, r) in hash_times.iter_mut().zip(run) {
+                    *b = b.min(r);
+                }
+            }
             for ((_, enc), t) in codec_levels.iter().zip(times.iter_mut()) {
                 for (threads, best) in [1, 0].into_iter().zip(t.iter_mut()) {
                     let run = codec_times(snaps, threads, *enc)?;
@@ -257,6 +268,14 @@ pub fn run() -> Result<()> {
                 all.1
             );
         }
+        let hash = raw_mb / hash_times.iter().sum::<f64>();
+        let (one, _) = best[0];
+        println!(
+            "{:<18} BLAKE3 alone {hash:.1} MB/s on one core in the same rounds: the default level encodes at {:.3}x and decodes at {:.3}x of it",
+            "",
+            one.0 / hash,
+            one.1 / hash
+        );
     }
     println!("{:<16} (each snapshot coded against the one before, as a commit does; targets: 300 encode, 1000 decode per core)", "");
 
@@ -578,6 +597,19 @@ fn entropy_bound(snaps: &[Vec<Tensor>], base: Option<&Vec<Tensor>>) -> f64 {
 /// Per plane of the integer delta (the first five deltas of the series, where the weights move
 /// most): order-0 entropy (what an ideal ANS/arithmetic order-0 coder reaches), a Huffman-style
 /// bound (entropy rounded up to at least 1 bit per byte), and zstd at levels 1, 3 and 19.
+/// BLAKE3 time (seconds) of each tensor of the series on this thread.
+fn hash_times_of(snaps: &[Vec<Tensor>]) -> Vec<f64> {
+    snaps
+        .iter()
+        .flatten()
+        .map(|t| {
+            let start = Instant::now();
+            std::hint::black_box(blake3::hash(std::hint::black_box(&t.bytes)));
+            start.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
 /// Encode and decode time (seconds) of each tensor of the series, each snapshot against the
 /// one before, on `threads` rayon threads (0 = all cores).
 fn codec_times(snaps: &[Vec<Tensor>], threads: usize, encoding: dlv_store::Encoding) -> Result<Vec<(f64, f64)>> {
