@@ -594,9 +594,6 @@ fn entropy_bound(snaps: &[Vec<Tensor>], base: Option<&Vec<Tensor>>) -> f64 {
     bits / 8.0
 }
 
-/// Per plane of the integer delta (the first five deltas of the series, where the weights move
-/// most): order-0 entropy (what an ideal ANS/arithmetic order-0 coder reaches), a Huffman-style
-/// bound (entropy rounded up to at least 1 bit per byte), and zstd at levels 1, 3 and 19.
 /// BLAKE3 time (seconds) of each tensor of the series on this thread.
 fn hash_times_of(snaps: &[Vec<Tensor>]) -> Vec<f64> {
     snaps
@@ -636,6 +633,9 @@ fn codec_times(snaps: &[Vec<Tensor>], threads: usize, encoding: dlv_store::Encod
     })
 }
 
+/// Per plane of the integer delta (the first five deltas of the series, where the weights move
+/// most): order-0 entropy (what an ideal ANS/arithmetic order-0 coder reaches), a Huffman-style
+/// bound (entropy rounded up to at least 1 bit per byte), and zstd at levels 1, 3 and 19.
 fn coder_study(snaps: &[Vec<Tensor>]) {
     let mut per_plane = [[0f64; 6]; 4];
     for i in 1..snaps.len().min(6) {
