@@ -229,15 +229,10 @@ pub fn run() -> Result<()> {
         let mut times: Vec<[Vec<(f64, f64)>; 2]> = vec![Default::default(); codec_levels.len()];
         // The same-run baseline: BLAKE3 of each tensor alone, which every encode and every
         // verified decode computes once (the machine's speed at the time, too).
-        let mut hash_times: Vec<f64> = Vec::new();
+        let mut hash_times = vec![f64::INFINITY; snaps.iter().map(Vec::len).sum()];
         for _ in 0..rounds {
-            let run = hash_times_of(snaps);
-            if hash_times.is_empty() {
-                hash_times = run;
-            } else {
-                for (b, r) in hash_times.iter_mut().zip(run) {
-                    *b = b.min(r);
-                }
+            for (b, r) in hash_times.iter_mut().zip(hash_times_of(snaps)) {
+                *b = b.min(r);
             }
             for ((_, enc), t) in codec_levels.iter().zip(times.iter_mut()) {
                 for (threads, best) in [1, 0].into_iter().zip(t.iter_mut()) {
