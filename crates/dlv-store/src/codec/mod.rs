@@ -1080,14 +1080,13 @@ fn load<const W: usize>(bytes: &[u8]) -> u64 {
 fn assemble<const W: usize>(planes: &Planes, bitmap: Option<&[u8]>, base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) {
     let mut planes: Vec<&[u8]> = planes.iter().map(Vec::as_slice).collect();
     let (mut bitmap, mut dst) = (bitmap, dst);
-    // A masked chunk of 2-byte elements: eight elements at a time where the processor can,
-    // then the scalar loop from where that stopped.
-    if let ([p0, p1], Some(bm), 2) = (planes.as_slice(), bitmap, W) {
-        let (k, used) = simd::place_2_prefix(p0, p1, bm, dst, t, rotate);
-        let (p0, p1) = (p0.get(used..).unwrap_or_default(), p1.get(used..).unwrap_or_default());
-        planes = vec![p0, p1];
+    // A masked chunk of 2- or 4-byte elements: eight elements at a time where the processor
+    // can, then the scalar loop from where that stopped.
+    if let (Some(bm), 2 | 4) = (bitmap, W) {
+        let (k, used) = simd::place_prefix(&planes, bm, dst, t, rotate);
+        planes = planes.iter().map(|p| p.get(used..).unwrap_or_default()).collect();
         bitmap = bm.get(k..);
-        dst = dst.get_mut(16 * k..).unwrap_or_default();
+        dst = dst.get_mut(8 * W * k..).unwrap_or_default();
     }
     // An unmasked one (or of 4-byte elements): sixteen elements at a time, then the scalar
     // loop from there.

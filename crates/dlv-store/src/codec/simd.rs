@@ -1,12 +1,12 @@
-//! Vector prefixes of six scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
+//! Vector prefixes of seven scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
 //! words; SSE2, which every one has, for the unmasked assembly): the decoder's split-plane
-//! merge, 2-byte assembly (masked and unmasked) and unmasked 4-byte assembly, and the
+//! merge, 2- and 4-byte assembly (masked and unmasked), and the
 //! encoder's compaction of non-zero words and bytes. Each runs while a vector's worth more
 //! elements of its inputs are in bounds and returns where it stopped, and the scalar loop (the
 //! definition, and the only path elsewhere) finishes from there; tests compare each with the
 //! definition.
 //!
-//! The decoder's two place bytes by a mask eight at a time with one byte shuffle (`pshufb`),
+//! The decoder's masked ones place bytes by a mask eight at a time with one byte shuffle (`pshufb`),
 //! whose control comes from a 256-entry table: for mask m, lane l takes the byte at the rank of
 //! l among m's set bits, or zero where l is not set. The encoder's two do the inverse: the
 //! lanes of m move to the front, in order.
@@ -62,20 +62,26 @@ pub fn merge_split_prefix(a: &[u8], b: &[u8], lead: &[bool], out: &mut [u8]) -> 
     (0, 0, 0)
 }
 
-/// Writes the values of a masked chunk of 2-byte elements from its residual planes `p0` (low
-/// bytes) and `p1` (high bytes) of the masked elements, as `super::place` does: `dst` holds
-/// the base (or zeros without one) and a zero residual leaves an element as it is. Without a
-/// base (`Transform::None`) the vector writes zero outside the mask, which is what `dst` holds
+/// Writes the values of a masked chunk of 2- or 4-byte elements from the residual planes of
+/// its masked elements (low byte first), as `super::place` does: `dst` holds the base (or
+/// zeros without one) and a zero residual leaves an element as it is. Without a base
+/// (`Transform::None`) the vector writes zero outside the mask, which is what `dst` holds
 /// there (`super::assemble_chunk` zero-fills it). Returns the bitmap bytes done and the
-/// residuals they took.
-pub fn place_2_prefix(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) -> (usize, usize) {
+/// residuals they took (none for other widths).
+pub fn place_prefix(planes: &[&[u8]], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if ssse3() {
         // SAFETY: as in `merge_split_prefix`.
         #[allow(unsafe_code)]
-        return unsafe { x86::place_2(p0, p1, bitmap, dst, t, rotate) };
+        return unsafe {
+            match *planes {
+                [p0, p1] => x86::place_2(p0, p1, bitmap, dst, t, rotate),
+                [p0, p1, p2, p3] => x86::place_4([p0, p1, p2, p3], bitmap, dst, t, rotate),
+                _ => (0, 0),
+            }
+        };
     }
-    let _ = (p0, p1, bitmap, dst, t, rotate);
+    let _ = (planes, bitmap, dst, t, rotate);
     (0, 0)
 }
 
@@ -276,16 +282,27 @@ mod x86 {
         }
     }
 
+    /// The value of four 4-byte elements from their residuals `r` (zigzag) and base `b`, for
+    /// `Transform::Sub`.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn sub_32(r: __m128i, b: __m128i) -> __m128i {
+        _mm_add_epi32(b, _mm_xor_si128(_mm_srli_epi32::<1>(r), _mm_sub_epi32(_mm_setzero_si128(), _mm_and_si128(r, _mm_set1_epi32(1)))))
+    }
+
+    /// Undoes the rotation of four 4-byte residuals: their top 16 bits rotated right by one.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn turn_32(r: __m128i) -> __m128i {
+        let low = _mm_set1_epi32(0xffff);
+        let top = _mm_srli_epi32::<16>(r);
+        let rot = _mm_and_si128(_mm_or_si128(_mm_srli_epi32::<1>(top), _mm_slli_epi32::<15>(top)), low);
+        _mm_or_si128(_mm_and_si128(r, low), _mm_slli_epi32::<16>(rot))
+    }
+
     #[target_feature(enable = "sse2")]
     pub fn assemble_4(planes: [&[u8]; 4], base: Option<&[u8]>, dst: &mut [u8], t: Transform, rotate: bool) -> usize {
-        let sub = |r: __m128i, b: __m128i| _mm_add_epi32(b, _mm_xor_si128(_mm_srli_epi32::<1>(r), _mm_sub_epi32(_mm_setzero_si128(), _mm_and_si128(r, _mm_set1_epi32(1)))));
-        // The top 16 bits rotated right by one.
-        let turn = |r: __m128i| {
-            let low = _mm_set1_epi32(0xffff);
-            let top = _mm_srli_epi32::<16>(r);
-            let rot = _mm_and_si128(_mm_or_si128(_mm_srli_epi32::<1>(top), _mm_slli_epi32::<15>(top)), low);
-            _mm_or_si128(_mm_and_si128(r, low), _mm_slli_epi32::<16>(rot))
-        };
+        let (sub, turn) = (|r, b| sub_32(r, b), |r| turn_32(r));
         match (t, rotate, base) {
             (Transform::Sub, false, Some(b)) => assemble_4_with(planes, b, dst, sub),
             (Transform::Sub, true, Some(b)) => assemble_4_with(planes, b, dst, |r, b| sub(turn(r), b)),
@@ -358,6 +375,45 @@ mod x86 {
         done
     }
 
+    #[target_feature(enable = "ssse3,popcnt")]
+    pub fn place_4(planes: [&[u8]; 4], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) -> (usize, usize) {
+        let (sub, turn) = (|r, b| sub_32(r, b), |r| turn_32(r));
+        match (t, rotate) {
+            (Transform::Sub, false) => place_4_with(planes, bitmap, dst, sub),
+            (Transform::Sub, true) => place_4_with(planes, bitmap, dst, |r, b| sub(turn(r), b)),
+            (Transform::Xor, false) => place_4_with(planes, bitmap, dst, |r, b| _mm_xor_si128(b, r)),
+            (Transform::Xor, true) => place_4_with(planes, bitmap, dst, |r, b| _mm_xor_si128(b, turn(r))),
+            (Transform::None, false) => place_4_with(planes, bitmap, dst, |r, _| r),
+            (Transform::None, true) => place_4_with(planes, bitmap, dst, |r, _| turn(r)),
+            (Transform::Magnitude, _) => (0, 0),
+        }
+    }
+
+    /// Eight elements (one bitmap byte) at a time: each plane's next bytes go to the mask's
+    /// lanes by one shuffle, and the four planes interleave into eight words.
+    #[inline]
+    #[target_feature(enable = "ssse3,popcnt")]
+    fn place_4_with(planes: [&[u8]; 4], bitmap: &[u8], dst: &mut [u8], f: impl Fn(__m128i, __m128i) -> __m128i) -> (usize, usize) {
+        let (mut used, mut k) = (0usize, 0usize);
+        for (&m, o) in bitmap.iter().zip(dst.chunks_exact_mut(32)) {
+            if m != 0 {
+                let (Some(a0), Some(a1), Some(a2), Some(a3)) = (load8(planes[0], used), load8(planes[1], used), load8(planes[2], used), load8(planes[3], used)) else { break };
+                let c = control(m as usize);
+                let (l01, l23) = (_mm_unpacklo_epi8(_mm_shuffle_epi8(a0, c), _mm_shuffle_epi8(a1, c)), _mm_unpacklo_epi8(_mm_shuffle_epi8(a2, c), _mm_shuffle_epi8(a3, c)));
+                // SAFETY: `o` is 32 bytes (chunks_exact_mut).
+                #[allow(unsafe_code)]
+                unsafe {
+                    let (b0, b1) = (_mm_loadu_si128(o.as_ptr().cast()), _mm_loadu_si128(o.as_ptr().add(16).cast()));
+                    _mm_storeu_si128(o.as_mut_ptr().cast(), f(_mm_unpacklo_epi16(l01, l23), b0));
+                    _mm_storeu_si128(o.as_mut_ptr().add(16).cast(), f(_mm_unpackhi_epi16(l01, l23), b1));
+                }
+                used += m.count_ones() as usize;
+            }
+            k += 1;
+        }
+        (k, used)
+    }
+
     #[inline]
     #[target_feature(enable = "ssse3,popcnt")]
     fn place_2_with(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], f: impl Fn(__m128i, __m128i) -> __m128i) -> (usize, usize) {
@@ -387,18 +443,50 @@ mod tests {
 
     use super::super::{assemble, value_word, Transform};
 
+    /// The little-endian word of `bytes`.
+    fn word(bytes: impl Iterator<Item = u8>) -> u64 {
+        bytes.enumerate().fold(0u64, |w, (p, x)| w | (x as u64) << (8 * p))
+    }
+
     /// The definition: element i of the mask takes the next residual, its value from
     /// `value_word`; the others keep what `dst` holds.
-    fn place_reference(p0: &[u8], p1: &[u8], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) {
+    fn place_reference<const W: usize>(planes: &[Vec<u8>], bitmap: &[u8], dst: &mut [u8], t: Transform, rotate: bool) {
         let mut j = 0;
-        for i in 0..dst.len() / 2 {
+        for i in 0..dst.len() / W {
             if bitmap.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1) {
-                let r = u16::from_le_bytes([p0[j], p1[j]]) as u64;
-                let b = u16::from_le_bytes([dst[2 * i], dst[2 * i + 1]]) as u64;
-                dst[2 * i..2 * i + 2].copy_from_slice(&(value_word(r, b, t, rotate, 2) as u16).to_le_bytes());
+                let r = word(planes.iter().map(|p| p[j]));
+                let b = word(dst[W * i..W * i + W].iter().copied());
+                dst[W * i..W * i + W].copy_from_slice(&value_word(r, b, t, rotate, W).to_le_bytes()[..W]);
                 j += 1;
             }
         }
+    }
+
+    /// A masked chunk of `n` random `W`-byte elements (runs of full, empty and mixed mask
+    /// bytes, at every density) assembled over its base, and its definition.
+    fn masked<const W: usize>(n: usize, density: u32, seed: u64, t: Transform, rotate: bool) -> (Vec<u8>, Vec<u8>) {
+        let mut r = crate::testrand::XorShift::new(seed | 1);
+        let bitmap: Vec<u8> = (0..n.div_ceil(8))
+            .map(|k| {
+                let x = r.next_u64();
+                let b = match x % 4 {
+                    0 => 0xff,
+                    1 => 0,
+                    _ => (0..8).fold(0u8, |m, l| m | (u8::from((x >> (8 + 4 * l)) % 8 < density as u64) << l)),
+                };
+                // No element past n.
+                if 8 * k + 8 > n { b & ((1u16 << (n - 8 * k)) - 1) as u8 } else { b }
+            })
+            .collect();
+        let count = bitmap.iter().map(|b| b.count_ones() as usize).sum::<usize>();
+        let planes: Vec<Vec<u8>> = (0..W).map(|p| (0..count).map(|_| (r.next_u64() >> (8 * p)) as u8).collect()).collect();
+        let base: Vec<u8> = (0..W * n).map(|_| (r.next_u64() >> 16) as u8).collect();
+        let mut want = if t == Transform::None { vec![0u8; W * n] } else { base.clone() };
+        place_reference::<W>(&planes, &bitmap, &mut want, t, rotate);
+        let mut got = if t == Transform::None { vec![0u8; W * n] } else { base.clone() };
+        let b = (t != Transform::None).then_some(base.as_slice());
+        assemble::<W>(&planes, Some(&bitmap), b, &mut got, t, rotate);
+        (got, want)
     }
 
     /// An unmasked chunk of `n` random `W`-byte elements assembled, and its definition (each
@@ -408,11 +496,10 @@ mod tests {
         let planes: Vec<Vec<u8>> = (0..W).map(|_| (0..n).map(|_| (r.next_u64() >> 24) as u8).collect()).collect();
         let base: Vec<u8> = (0..W * n).map(|_| (r.next_u64() >> 16) as u8).collect();
         let b = (t != Transform::None).then_some(base.as_slice());
-        let word = |bytes: &mut dyn Iterator<Item = u8>| bytes.enumerate().fold(0u64, |w, (p, x)| w | (x as u64) << (8 * p));
         let want: Vec<u8> = (0..n)
             .flat_map(|i| {
-                let r = word(&mut planes.iter().map(|p| p[i]));
-                let b = b.map_or(0, |b| word(&mut b[W * i..W * i + W].iter().copied()));
+                let r = word(planes.iter().map(|p| p[i]));
+                let b = b.map_or(0, |b| word(b[W * i..W * i + W].iter().copied()));
                 value_word(r, b, t, rotate, W).to_le_bytes()[..W].to_vec()
             })
             .collect();
@@ -425,36 +512,15 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
 
         #[test]
-        fn masked_2_byte_chunks_assemble_as_defined(
+        fn masked_chunks_assemble_as_defined(
             n in 0usize..700,
             density in 0u32..=8,
             seed in any::<u64>(),
             t in prop::sample::select(vec![Transform::None, Transform::Xor, Transform::Sub]),
             rotate in any::<bool>(),
+            four in any::<bool>(),
         ) {
-            let mut r = crate::testrand::XorShift::new(seed | 1);
-            // Runs of full, empty and mixed mask bytes, at every density.
-            let bitmap: Vec<u8> = (0..n.div_ceil(8))
-                .map(|k| {
-                    let x = r.next_u64();
-                    let b = match x % 4 {
-                        0 => 0xff,
-                        1 => 0,
-                        _ => (0..8).fold(0u8, |m, l| m | (u8::from((x >> (8 + 4 * l)) % 8 < density as u64) << l)),
-                    };
-                    // No element past n.
-                    if 8 * k + 8 > n { b & ((1u16 << (n - 8 * k)) - 1) as u8 } else { b }
-                })
-                .collect();
-            let count = bitmap.iter().map(|b| b.count_ones() as usize).sum::<usize>();
-            let p0: Vec<u8> = (0..count).map(|_| r.next_u64() as u8).collect();
-            let p1: Vec<u8> = (0..count).map(|_| (r.next_u64() >> 8) as u8).collect();
-            let base: Vec<u8> = (0..2 * n).map(|_| (r.next_u64() >> 16) as u8).collect();
-            let mut want = if t == Transform::None { vec![0u8; 2 * n] } else { base.clone() };
-            place_reference(&p0, &p1, &bitmap, &mut want, t, rotate);
-            let mut got = if t == Transform::None { vec![0u8; 2 * n] } else { base.clone() };
-            let b = (t != Transform::None).then_some(base.as_slice());
-            assemble::<2>(&vec![p0, p1], Some(&bitmap), b, &mut got, t, rotate);
+            let (got, want) = if four { masked::<4>(n, density, seed, t, rotate) } else { masked::<2>(n, density, seed, t, rotate) };
             prop_assert_eq!(got, want);
         }
 
