@@ -1,15 +1,15 @@
-//! Vector prefixes of seven scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
+//! Vector prefixes of eight scalar loops, for x86-64 processors with SSSE3 (AVX2 for 32-bit
 //! words; SSE2, which every one has, for the unmasked assembly): the decoder's split-plane
-//! merge, 2- and 4-byte assembly (masked and unmasked), and the
-//! encoder's compaction of non-zero words and bytes. Each runs while a vector's worth more
+//! merge and its 2- and 4-byte assembly (masked and unmasked), and the encoder's split of a
+//! plane and compaction of non-zero words and bytes. Each runs while a vector's worth more
 //! elements of its inputs are in bounds and returns where it stopped, and the scalar loop (the
 //! definition, and the only path elsewhere) finishes from there; tests compare each with the
 //! definition.
 //!
-//! The decoder's masked ones place bytes by a mask eight at a time with one byte shuffle (`pshufb`),
-//! whose control comes from a 256-entry table: for mask m, lane l takes the byte at the rank of
-//! l among m's set bits, or zero where l is not set. The encoder's two do the inverse: the
-//! lanes of m move to the front, in order.
+//! The decoder's masked ones place bytes by a mask eight at a time with one byte shuffle
+//! (`pshufb`), whose control comes from a 256-entry table: for mask m, lane l takes the byte at
+//! the rank of l among m's set bits, or zero where l is not set. The encoder's ones do the
+//! inverse: the lanes of m move to the front, in order.
 
 use super::Transform;
 
@@ -107,6 +107,20 @@ pub fn assemble_prefix(planes: &[&[u8]], base: Option<&[u8]>, dst: &mut [u8], t:
         let _ = (planes, base, dst, t, rotate);
         0
     }
+}
+
+/// Splits `plane` by `lead` (see [`super::stream::split`]) into `a` and `b`, each at least
+/// eight bytes longer than its part, from their starts: returns the elements done (a multiple
+/// of eight) and how many of them went to `a`.
+pub fn split_prefix(plane: &[u8], lead: &[bool], a: &mut [u8], b: &mut [u8]) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if ssse3() {
+        // SAFETY: as in `merge_split_prefix`.
+        #[allow(unsafe_code)]
+        return unsafe { x86::split(plane, lead, a, b) };
+    }
+    let _ = (plane, lead, a, b);
+    (0, 0)
 }
 
 /// [`super::planes::compact_nonzero`] of 32-bit words into `out` (at least `src.len() + 8`
@@ -231,12 +245,35 @@ mod x86 {
         _mm_cvtsi64_si128(i64::from_le_bytes(RANK[m & 255]))
     }
 
+    /// The mask of eight lead flags (flag k in bit k).
+    #[inline]
+    fn lead_mask(l: &[bool]) -> usize {
+        l.iter().enumerate().fold(0usize, |m, (k, &x)| m | (x as usize) << k)
+    }
+
+    #[target_feature(enable = "ssse3,popcnt")]
+    pub fn split(plane: &[u8], lead: &[bool], a: &mut [u8], b: &mut [u8]) -> (usize, usize) {
+        let (mut ia, mut ib, mut done) = (0usize, 0usize, 0usize);
+        for (g, l) in plane.chunks_exact(8).zip(lead.chunks_exact(8)) {
+            let (Some(v), Some(da), Some(db)) = (load8(g, 0), a.get_mut(ia..ia + 8), b.get_mut(ib..ib + 8)) else { break };
+            let m = lead_mask(l);
+            let pack = |m: usize| _mm_cvtsi64_si128(i64::from_le_bytes(PACK8[m & 255]));
+            da.copy_from_slice(&_mm_cvtsi128_si64(_mm_shuffle_epi8(v, pack(m))).to_le_bytes());
+            db.copy_from_slice(&_mm_cvtsi128_si64(_mm_shuffle_epi8(v, pack(!m))).to_le_bytes());
+            let k = m.count_ones() as usize;
+            ia += k;
+            ib += 8 - k;
+            done += 8;
+        }
+        (done, ia)
+    }
+
     #[target_feature(enable = "ssse3,popcnt")]
     pub fn merge_split(a: &[u8], b: &[u8], lead: &[bool], out: &mut [u8]) -> (usize, usize, usize) {
         let (mut ia, mut ib, mut done) = (0usize, 0usize, 0usize);
         for (l, o) in lead.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
             let (Some(va), Some(vb)) = (load8(a, ia), load8(b, ib)) else { break };
-            let m = l.iter().enumerate().fold(0usize, |m, (k, &x)| m | (x as usize) << k);
+            let m = lead_mask(l);
             let v = _mm_or_si128(_mm_shuffle_epi8(va, control(m)), _mm_shuffle_epi8(vb, control(!m)));
             o.copy_from_slice(&_mm_cvtsi128_si64(v).to_le_bytes());
             let k = m.count_ones() as usize;
@@ -534,6 +571,19 @@ mod tests {
         ) {
             let (got, want) = if four { unmasked::<4>(n, seed, t, rotate) } else { unmasked::<2>(n, seed, t, rotate) };
             prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn planes_split_as_defined(lead in proptest::collection::vec(any::<bool>(), 0..500), seed in any::<u64>(), extra in 0usize..3) {
+            let mut r = crate::testrand::XorShift::new(seed | 1);
+            // A plane a little longer than its context: only the elements with a flag count.
+            let plane: Vec<u8> = (0..lead.len() + extra).map(|_| r.next_u64() as u8).collect();
+            let a: Vec<u8> = plane.iter().zip(&lead).filter(|(_, &l)| l).map(|(&x, _)| x).collect();
+            let b: Vec<u8> = plane.iter().zip(&lead).filter(|(_, &l)| !l).map(|(&x, _)| x).collect();
+            let (got_a, got_b) = super::super::stream::split(&plane, &lead);
+            prop_assert_eq!(&got_a, &a);
+            prop_assert_eq!(&got_b, &b);
+            prop_assert_eq!(super::super::stream::merge_split(&got_a, &got_b, &lead), Ok(plane[..lead.len()].to_vec()));
         }
 
         #[test]
