@@ -52,22 +52,30 @@ pub fn normalise_to(hist: &[u64], total: u32) -> Option<Vec<u32>> {
         }
     }
     // Rounding leaves the sum off by at most about one per symbol; move one unit at a time
-    // where it costs least (the cost of symbol s is hist[s] * log2(total / f[s]) bits).
+    // where it costs least (the cost of symbol s is hist[s] * log2(total / f[s]) bits). The
+    // sign of the difference never changes, so each symbol's gain (of a unit more, or of one
+    // less) is kept and only the moved symbol's recomputed: a logarithm per step instead of
+    // two per symbol per step (2.5% of the bf16 series' encode time, on small class planes).
     let mut diff = total as i64 - sum;
-    let syms = 0..hist.len();
+    let up = diff > 0;
+    let key = |c: u64, f: u32| match (up, f) {
+        (true, 1..) => Some(gain(c, f)),
+        (false, 2..) => Some(gain(c, f - 1)),
+        _ => None,
+    };
+    let mut keys: Vec<Option<f64>> = hist.iter().zip(&f).map(|(&c, &fi)| key(c, fi)).collect();
     while diff != 0 {
-        let best = if diff > 0 {
-            syms.clone().filter(|&s| f[s] > 0).max_by(|&a, &b| gain(hist[a], f[a]).total_cmp(&gain(hist[b], f[b])))
-        } else {
-            syms.clone().filter(|&s| f[s] > 1).min_by(|&a, &b| gain(hist[a], f[a] - 1).total_cmp(&gain(hist[b], f[b] - 1)))
-        }?;
-        if diff > 0 {
+        let candidates = keys.iter().enumerate().filter_map(|(s, k)| k.map(|k| (s, k)));
+        // Ties go as before: the last of the largest gains, the first of the smallest losses.
+        let (best, _) = if up { candidates.max_by(|a, b| a.1.total_cmp(&b.1)) } else { candidates.min_by(|a, b| a.1.total_cmp(&b.1)) }?;
+        if up {
             f[best] += 1;
             diff -= 1;
         } else {
             f[best] -= 1;
             diff += 1;
         }
+        keys[best] = key(hist[best], f[best]);
     }
     Some(f)
 }
@@ -652,6 +660,52 @@ mod tests {
             noise(WIDE + 9, 10),
             noise(5 * WIDE + 8, 12),
         ]
+    }
+
+    /// The definition of [`normalise_to`]'s correction: every step rescans every symbol.
+    fn normalise_reference(hist: &[u64], total: u32) -> Option<Vec<u32>> {
+        let n: u64 = hist.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let mut f: Vec<u32> = hist.iter().map(|&c| if c > 0 { ((c as u128 * total as u128 + n as u128 / 2) / n as u128).max(1) as u32 } else { 0 }).collect();
+        let mut diff = total as i64 - f.iter().map(|&x| x as i64).sum::<i64>();
+        while diff != 0 {
+            let syms = 0..hist.len();
+            let best = if diff > 0 {
+                syms.filter(|&s| f[s] > 0).max_by(|&a, &b| gain(hist[a], f[a]).total_cmp(&gain(hist[b], f[b])))
+            } else {
+                syms.filter(|&s| f[s] > 1).min_by(|&a, &b| gain(hist[a], f[a] - 1).total_cmp(&gain(hist[b], f[b] - 1)))
+            }?;
+            f[best] = if diff > 0 { f[best] + 1 } else { f[best] - 1 };
+            diff += if diff > 0 { -1 } else { 1 };
+        }
+        Some(f)
+    }
+
+    #[test]
+    fn normalising_breaks_ties_as_defined() {
+        // Equal gains: a unit more goes to the last symbol, a unit less comes from the first.
+        assert_eq!(normalise_to(&[1, 1, 1], 256), Some(vec![85, 85, 86]));
+        assert_eq!(normalise_to(&[1; 6], 256), Some(vec![42, 42, 43, 43, 43, 43]));
+        assert_eq!(normalise_to(&[0, 1, 1, 1], 256), normalise_reference(&[0, 1, 1, 1], 256));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalising_keeps_the_definition(
+            hist in proptest::collection::vec(proptest::prop_oneof![Just(0u64), 1u64..4, 1u64..100_000], 1..300),
+            shift in 8u32..16,
+        ) {
+            let total = 1u32 << shift;
+            proptest::prop_assume!(hist.len() as u32 <= total);
+            let got = normalise_to(&hist, total);
+            proptest::prop_assert_eq!(&got, &normalise_reference(&hist, total));
+            if let Some(f) = got {
+                proptest::prop_assert_eq!(f.iter().map(|&x| x as u64).sum::<u64>(), total as u64);
+                proptest::prop_assert!(f.iter().zip(&hist).all(|(&fi, &c)| (c > 0) == (fi > 0)));
+            }
+        }
     }
 
     #[test]
