@@ -201,7 +201,7 @@ mod x86 {
             let (Some(v), Some(dst)) = (load8(group, 0), out.get_mut(k..k + 8)) else { break };
             let zero = _mm_cmpeq_epi8(v, _mm_setzero_si128());
             let m = (!_mm_movemask_epi8(zero) & 0xff) as usize;
-            let packed = _mm_shuffle_epi8(v, _mm_cvtsi64_si128(i64::from_le_bytes(PACK8[m])));
+            let packed = _mm_shuffle_epi8(v, pack(m));
             dst.copy_from_slice(&_mm_cvtsi128_si64(packed).to_le_bytes());
             *bits = m as u8;
             k += m.count_ones() as usize;
@@ -239,10 +239,18 @@ mod x86 {
         Some(_mm_cvtsi64_si128(i64::from_le_bytes(*b)))
     }
 
+    /// The byte shuffle that places the next bytes at mask m's lanes ([`RANK`]).
     #[inline]
     #[target_feature(enable = "ssse3,popcnt")]
     fn control(m: usize) -> __m128i {
         _mm_cvtsi64_si128(i64::from_le_bytes(RANK[m & 255]))
+    }
+
+    /// The byte shuffle that moves mask m's lanes to the front ([`PACK8`]).
+    #[inline]
+    #[target_feature(enable = "ssse3,popcnt")]
+    fn pack(m: usize) -> __m128i {
+        _mm_cvtsi64_si128(i64::from_le_bytes(PACK8[m & 255]))
     }
 
     /// The mask of eight lead flags (flag k in bit k).
@@ -257,7 +265,6 @@ mod x86 {
         for (g, l) in plane.chunks_exact(8).zip(lead.chunks_exact(8)) {
             let (Some(v), Some(da), Some(db)) = (load8(g, 0), a.get_mut(ia..ia + 8), b.get_mut(ib..ib + 8)) else { break };
             let m = lead_mask(l);
-            let pack = |m: usize| _mm_cvtsi64_si128(i64::from_le_bytes(PACK8[m & 255]));
             da.copy_from_slice(&_mm_cvtsi128_si64(_mm_shuffle_epi8(v, pack(m))).to_le_bytes());
             db.copy_from_slice(&_mm_cvtsi128_si64(_mm_shuffle_epi8(v, pack(!m))).to_le_bytes());
             let k = m.count_ones() as usize;
