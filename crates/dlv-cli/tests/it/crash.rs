@@ -32,9 +32,26 @@ fn killed_commit_leaves_no_partial_version() {
     let s = Scratch::new();
     s.ok(&["init"]);
     let mut committed: Vec<(String, Vec<u8>)> = Vec::new();
-    // Kill after various delays, many times: whatever the moment, the invariants below hold.
-    // A commit that is not killed in time becomes the parent of the next round.
-    let delays = [0u64, 15, 40, 80, 150, 250, 400, 700, 1000, 1500];
+    // Kill at a random moment, many times: whatever the moment, the invariants below hold. Round
+    // k draws its delay from the k-th of these spans, so that every run kills early and late in
+    // a commit (from opening the store to writing the version); the seed is printed, and
+    // DLV_CRASH_SEED replays it. A commit that is not killed in time becomes the parent of the
+    // next round.
+    let edges = [0u64, 15, 40, 80, 150, 250, 400, 700, 1000, 1500, 2000];
+    let seed = std::env::var("DLV_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    eprintln!("crash test seed {seed} (DLV_CRASH_SEED={seed} replays these kill moments)");
+    let mut x = seed | 1;
+    let delays: Vec<u64> = edges
+        .windows(2)
+        .map(|span| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            span[0] + x % (span[1] - span[0])
+        })
+        .collect();
     for (k, &delay_ms) in delays.iter().enumerate() {
         let bytes = snapshot(k as u32);
         s.write("big.safetensors", &bytes);
@@ -55,10 +72,10 @@ fn killed_commit_leaves_no_partial_version() {
             committed.push((id, bytes));
         }
         // No partial version: exactly the commits that finished are listed.
-        assert_eq!(listed.len(), committed.len(), "after kill at {delay_ms} ms");
+        assert_eq!(listed.len(), committed.len(), "after kill at {delay_ms} ms (seed {seed})");
         // Every listed version is complete: fsck verifies all its objects against their ids.
         let fsck: serde_json::Value = serde_json::from_str(&s.ok(&["fsck", "--json"])).expect("json");
-        assert_eq!(fsck["problems"].as_array().map(Vec::len), Some(0), "after kill at {delay_ms} ms: {fsck}");
+        assert_eq!(fsck["problems"].as_array().map(Vec::len), Some(0), "after kill at {delay_ms} ms (seed {seed}): {fsck}");
         // The lock died with the process: a new writer gets in.
         s.ok(&["gc"]);
     }
