@@ -74,6 +74,19 @@ const LAYOUTS: &[(usize, FloatKind)] = &[
 
 fn special_f32() -> Vec<u8> {
     let vals = [
+        // f64 NaN, -Inf, -0 and the smallest denormal, as (low, high) words: first, so that
+        // 8-byte elements see them whole.
+        0,
+        0x7ff8_0000,
+        0,
+        0xfff0_0000,
+        0,
+        0x8000_0000,
+        1,
+        0,
+        // f16 +Inf and -Inf, a negative denormal and the largest denormal, as halves.
+        0xfc00_7c00,
+        0x8001_03ff,
         f32::NAN.to_bits(),
         0x7fc0_1234,
         0xffff_ffff,
